@@ -1,0 +1,124 @@
+"""The Python API: ``genlab.train``, ``genlab.resume``, ``genlab.load``.
+
+    >>> import genlab
+    >>> result = genlab.train("seed-vae", data="digits", epochs=2)
+    >>> model = genlab.load(result.run_dir)
+    >>> images = model.sample(16)          # float in [0, 1], shape (16, 1, 8, 8)
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import load_dataset
+from .errors import GenlabError, RunError
+from .models.base import GenerativeModel
+from .models.registry import MODELS, build_model, make_config, resolve
+from .training.run import load, model_from_config, next_free_dir, read_run_config, train_config_from, write_run_config
+from .training.trainer import Trainer, TrainConfig, TrainState
+
+__all__ = ["train", "resume", "load", "TrainResult"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: GenerativeModel
+    status: str  # "completed", "max_steps" or "interrupted"
+    state: TrainState
+    samples: Path | None  # the newest sample grid
+
+    def __repr__(self) -> str:
+        return f"TrainResult(run_dir={str(self.run_dir)!r}, status={self.status!r}, step={self.state.step})"
+
+
+def _latest_samples(run_dir: Path) -> Path | None:
+    grids = sorted((run_dir / "samples").glob("epoch-*.png"))
+    return grids[-1] if grids else None
+
+
+def _data_record(dataset, spec_options: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": dataset.name, **spec_options, "image_shape": list(dataset.image_shape),
+            "num_classes": dataset.num_classes, "class_names": dataset.class_names,
+            "train_size": len(dataset.train), "test_size": len(dataset.test), "origin": dataset.origin}
+
+
+def _prepare_run_dir(out: str | Path | None, default_name: str, runs_root: str | Path, overwrite: bool) -> Path:
+    if out is None:
+        return next_free_dir(Path(runs_root) / default_name)
+    run_dir = Path(out)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(f"{run_dir} already holds files. Continue that run with `genlab train --resume "
+                           f"{run_dir}`, choose another --out, or pass --overwrite to replace it.")
+        if not (run_dir / "config.json").exists():
+            raise RunError(f"refusing to overwrite {run_dir}: it is not a genlab run folder (no config.json).")
+        shutil.rmtree(run_dir)
+    return run_dir
+
+
+def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | None = None,
+          epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
+          max_steps: int | None = None, data_dir: str | Path | None = None, image_size: int | None = None,
+          channels: int | None = None, device: str = "auto", progress: bool = True, overwrite: bool = False,
+          runs_root: str | Path = "runs", **model_settings: Any) -> TrainResult:
+    """Train a model or preset (see ``genlab models``) on a data source (see ``genlab datasets``).
+
+    ``model_settings`` override fields of the model's config dataclass (e.g. ``g_loss="minimax"``).
+    Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken).
+    """
+    preset = resolve(model)
+    dataset = load_dataset(data, data_dir=data_dir, image_size=image_size, channels=channels, progress=progress)
+    settings = {**preset.model_config, **model_settings}
+    if lr is not None:
+        settings["lr"] = lr
+    model_cfg = make_config(preset.model, settings)
+    overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps}
+    train_cfg = TrainConfig(**{**preset.train, **{k: v for k, v in overrides.items() if v is not None},
+                               "seed": seed, "device": device})
+    if train_cfg.epochs < 1 or train_cfg.batch_size < 1:
+        raise GenlabError("--epochs and --batch-size must be at least 1.")
+    data_tag = dataset.name.split(":", 1)[0] if ":" in dataset.name else dataset.name
+    run_dir = _prepare_run_dir(out, f"{preset.name}-{data_tag}", runs_root, overwrite)
+    torch.manual_seed(seed)  # weight initialisation
+    net = build_model(preset.model, model_cfg, dataset.image_shape, dataset.num_classes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, name=preset.name, model=preset.model, model_config=model_cfg, train=train_cfg,
+                     data=_data_record(dataset, {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+                                                 "image_size": image_size, "channels": channels}),
+                     parameters=net.parameter_count())
+    trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress)
+    status = trainer.fit()
+    return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | None = None,
+           device: str | None = None, progress: bool = True) -> TrainResult:
+    """Continue a stopped run from its last checkpoint; ``epochs``/``max_steps`` may extend it."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    train_cfg = train_config_from(config)
+    if epochs is not None:
+        train_cfg.epochs = epochs
+    train_cfg.max_steps = max_steps  # a stop at max_steps is not a limit for the continuation
+    if device is not None:
+        train_cfg.device = device
+    data = config["data"]
+    dataset = load_dataset(data["spec"], data_dir=data.get("data_dir"), image_size=data.get("image_size"),
+                           channels=data.get("channels"), progress=progress)
+    if list(dataset.image_shape) != list(data["image_shape"]):
+        raise RunError(f"the data {data['spec']} now has image shape {dataset.image_shape}, but the run was "
+                       f"trained on {tuple(data['image_shape'])}; resume needs the same data.")
+    net = model_from_config(config)
+    trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress)
+    trainer.restore()
+    config["train"] = dataclasses.asdict(train_cfg)
+    from .fileio import atomic_write_json
+    atomic_write_json(run_dir / "config.json", config)
+    status = trainer.fit()
+    return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))

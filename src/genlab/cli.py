@@ -1,0 +1,232 @@
+"""The ``genlab`` command line: train | sample | reconstruct | datasets | models | demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import GenlabError
+
+EPILOG = """examples:
+  genlab demo                                  train seed-vae and seed-gan on the bundled digits
+  genlab train seed-vae --data fashion-mnist   the seed's VAE on Fashion-MNIST
+  genlab train seed-gan --g-loss minimax       the seed's GAN with the minimax generator loss
+  genlab train --resume runs/seed-vae-digits   continue a stopped run
+  genlab sample runs/seed-vae-digits -n 64 -o grid.png
+  genlab reconstruct runs/seed-vae-digits
+"""
+
+
+def _setting(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", metavar="SOURCE",
+                   help="digits (default, bundled), mnist, fashion-mnist, folder:PATH or npz:PATH "
+                        "(see `genlab datasets`)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files (IDX for mnist/fashion-mnist)")
+    p.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 (grey) or 3 (RGB) channels")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genlab", description="Train, sample and compare VAEs and GANs on images.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"genlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model or preset", description=(
+        "Train a model or preset on a data source. Writes config.json, metrics.jsonl, a sample grid per "
+        "epoch (samples/) and checkpoints (checkpoints/last.safetensors) into the run folder. Ctrl-C "
+        "saves a checkpoint and stops; --resume continues exactly where it stopped."))
+    p.add_argument("model", nargs="?", help="preset or model name, e.g. seed-vae, seed-gan (see `genlab models`)")
+    _add_data_args(p)
+    p.add_argument("--epochs", type=int, help="passes over the training set (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="images per step (default: the preset's, 128 for the seed)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random stream of the run (default 0)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps in all (a checkpoint is saved)")
+    p.add_argument("--g-loss", choices=("non-saturating", "minimax"),
+                   help="GAN generator loss (default non-saturating: strong gradients early; "
+                        "minimax is the seed's eq. as written)")
+    p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model setting, e.g. --set z_dim=32 --set 'hidden=[256,128]'")
+    p.add_argument("--out", metavar="RUN", help="run folder (default runs/<model>-<data>, numbered if taken)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder given by --out")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("sample", help="draw samples from a trained run", description=(
+        "Draw samples from a run's last checkpoint: a PNG grid, or an .npz holding 'images' "
+        "(float32 in [0, 1], shape (N, C, H, W)) usable as npz:PATH data."))
+    p.add_argument("run", help="run folder")
+    p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("-o", "--output", help="output .png or .npz (default RUN/samples/sample.png)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("reconstruct", help="VAEs: test images beside their reconstructions", description=(
+        "Encode test images and decode the posterior mean; writes rows of originals, each followed by "
+        "a row of their reconstructions."))
+    p.add_argument("run", help="run folder of a VAE")
+    p.add_argument("-n", "--num", type=int, default=32, help="number of images (default 32)")
+    p.add_argument("-o", "--output", help="output PNG (default RUN/reconstructions.png)")
+    p.add_argument("--device", default="cpu")
+
+    sub.add_parser("datasets", help="list data sources and whether they are available here")
+    sub.add_parser("models", help="list presets and models")
+    p = sub.add_parser("demo", help="train seed-vae and seed-gan on the bundled digits and show where to look")
+    p.add_argument("--out", default="runs/demo", help="folder for the two runs (default runs/demo; replaced each time)")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .api import resume, train
+
+    progress = not args.no_progress
+    if args.resume:
+        if args.model or args.set or args.g_loss or args.lr or args.batch_size:
+            raise GenlabError("--resume continues a run with its own settings; only --epochs, --max-steps "
+                              "and --device may change.")
+        result = resume(args.resume, epochs=args.epochs, max_steps=args.max_steps, device=args.device,
+                        progress=progress)
+    else:
+        if not args.model:
+            raise GenlabError("name a model or preset to train (e.g. `genlab train seed-vae`), or --resume RUN. "
+                              "`genlab models` lists them.")
+        settings = dict(args.set)
+        if args.g_loss:
+            settings["g_loss"] = args.g_loss
+        result = train(args.model, args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed, max_steps=args.max_steps, data_dir=args.data_dir,
+                       image_size=args.image_size, channels=args.channels, device=args.device or "auto",
+                       progress=progress, overwrite=args.overwrite, **settings)
+    print(f"run folder: {result.run_dir}")
+    if result.samples:
+        print(f"samples:    {result.samples}")
+    if result.status == "interrupted":
+        print(f"stopped at step {result.state.step}; continue with: genlab train --resume {result.run_dir}")
+        return 130
+    if result.status == "max_steps":
+        print(f"stopped at --max-steps ({result.state.step}); continue with: genlab train --resume {result.run_dir}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .api import load
+    from .viz import save_grid
+
+    if args.num < 1:
+        raise GenlabError("-n must be at least 1")
+    model = load(args.run, device=args.device)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    images = model.sample(args.num, generator=gen).cpu()
+    out = Path(args.output) if args.output else Path(args.run) / "samples" / "sample.png"
+    if out.suffix.lower() == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, images=images.numpy().astype(np.float32))
+    elif out.suffix.lower() == ".png":
+        save_grid(images, out)
+    else:
+        raise GenlabError(f"output {out} must end in .png (a grid) or .npz (raw samples)")
+    print(f"wrote {args.num} samples to {out}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    from .api import load
+    from .data import load_dataset
+    from .viz import save_grid
+
+    model = load(args.run, device=args.device)
+    if not hasattr(model, "reconstruct"):
+        raise GenlabError(f"{args.run} holds a {model.family.upper()} ({model.run_config['model']}); only VAEs "
+                          "reconstruct. Use `genlab sample` instead.")
+    data = model.run_config["data"]
+    dataset = load_dataset(data["spec"], data_dir=data.get("data_dir"), image_size=data.get("image_size"),
+                           channels=data.get("channels"))
+    split = dataset.test if len(dataset.test) else dataset.train
+    x = split.images[: args.num].float().div(255).to(args.device)
+    recon = model.reconstruct(x).cpu()
+    per_row = 8
+    rows = []
+    for i in range(0, x.shape[0], per_row):
+        rows += [x[i:i + per_row].cpu(), recon[i:i + per_row]]
+        if rows[-1].shape[0] < per_row:  # pad a short last pair of rows with white
+            pad = torch.ones(per_row - rows[-1].shape[0], *x.shape[1:])
+            rows[-2], rows[-1] = torch.cat([rows[-2], pad]), torch.cat([rows[-1], pad])
+    out = Path(args.output) if args.output else Path(args.run) / "reconstructions.png"
+    save_grid(torch.cat(rows), out, nrow=per_row)
+    print(f"wrote {x.shape[0]} originals (odd rows) and reconstructions (even rows) to {out}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import dataset_status
+
+    rows = dataset_status()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        mark = "yes" if r["available"] else "no "
+        print(f"{r['name']:<{width}}  {mark}  {r['where']}")
+        if r.get("how"):
+            print(f"{'':<{width}}       {r['how']}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models.registry import MODELS, PRESETS
+
+    print("presets:")
+    for p in PRESETS.values():
+        print(f"  {p.name:<14} {p.description}")
+    print("models (train with their defaults, or tune with --set):")
+    for m in MODELS.values():
+        print(f"  {m.name:<14} {m.description}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), progress=not args.no_progress)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
+            "datasets": cmd_datasets, "models": cmd_models, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except GenlabError as e:
+        print(f"genlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\naborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

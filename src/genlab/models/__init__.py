@@ -1,0 +1,10 @@
+"""Generative models behind one interface (``GenerativeModel``), registered by name."""
+from .base import Batch, GenerativeModel
+from .gan import MLPGAN, MLPGANConfig
+from .registry import MODELS, PRESETS, Preset, build_model, register_model, register_preset, resolve
+from .vae import MLPVAE, MLPVAEConfig
+
+__all__ = [
+    "Batch", "GenerativeModel", "MLPGAN", "MLPGANConfig", "MLPVAE", "MLPVAEConfig",
+    "MODELS", "PRESETS", "Preset", "build_model", "register_model", "register_preset", "resolve",
+]

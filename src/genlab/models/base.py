@@ -1,0 +1,81 @@
+"""The one interface every genlab model implements (see docs/architecture.md).
+
+The update rule lives in the model (``train_step`` does its own backward and optimizer
+steps), so a single Trainer drives VAEs, GANs and their hybrids alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class Batch(NamedTuple):
+    """A training batch: float images in [0, 1], shape (B, C, H, W), and int64 labels or None."""
+
+    images: Tensor
+    labels: Tensor | None = None
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Standard normal noise; drawn from ``generator`` (on its own device) when one is given,
+    so that sampling at fixed noise never disturbs the training random stream."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def as_float_images(x: Tensor) -> Tensor:
+    """uint8 images in 0..255 (as stored) -> float in [0, 1] (the model boundary); float passes through."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+class GenerativeModel(nn.Module):
+    """Base class: a generative model over images of shape ``image_shape`` = (C, H, W).
+
+    Subclasses set ``family`` ("vae" or "gan"), keep their hyper-parameters in ``self.config``
+    (a dataclass, saved as JSON) and implement the four methods below.
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(self, config: Any, image_shape: tuple[int, int, int], num_classes: int = 0):
+        super().__init__()
+        self.config = config
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.num_classes = int(num_classes)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def x_dim(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def train_step(self, batch: Batch, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor]:
+        """One update on ``batch``. Returns detached scalar tensors (read back only when logged)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` new images, float in [0, 1], shape (n, C, H, W)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, images: Tensor, labels: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> dict[str, float]:
+        """Held-out metrics (per-image means) on images (uint8 or float in [0, 1]). Default: none."""
+        return {}
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)

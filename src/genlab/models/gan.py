@@ -1,0 +1,93 @@
+"""The seed document's GAN (Goodfellow et al. 2014) with MLP generator and discriminator.
+
+generator      z -> h -> h -> x, ReLU, sigmoid output (images in [0, 1])
+discriminator  x -> h -> h -> 1 logit; D(x) = sigmoid(logit) is the seed's probability
+training       the seed's steps 2a-2f: a discriminator step on real and generated images,
+               then a generator step through the frozen discriminator (``train_step``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..nets import mlp
+from . import losses
+from .base import Batch, GenerativeModel, randn
+
+
+@dataclass
+class MLPGANConfig:
+    """Hyper-parameters of the MLP GAN.
+
+    Defaults are chosen to give varied samples (see docs/models.md): the non-saturating
+    generator loss (the minimax one starves G of gradient early on and, with the seed's
+    plain Adam settings, collapses to a few images), Adam(2e-4, beta1 = 0.5) as in Radford
+    et al. 2016, and LeakyReLU in the discriminator so that its gradient reaches every input.
+    """
+
+    z_dim: int = 100
+    hidden: int = 256
+    g_activation: str = "relu"
+    d_activation: str = "leaky_relu"
+    g_loss: str = "non-saturating"  # or "minimax" (eq. 1 of the seed, as written)
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+class MLPGAN(GenerativeModel):
+    family = "gan"
+
+    def __init__(self, config: MLPGANConfig, image_shape, num_classes: int = 0):
+        super().__init__(config, image_shape, num_classes)
+        h = config.hidden
+        self.generator = mlp([config.z_dim, h, h, self.x_dim], config.g_activation)
+        self.discriminator = mlp([self.x_dim, h, h, 1], config.d_activation)
+        self.loss = losses.gan_loss(config.g_loss)
+
+    def generate(self, z: Tensor) -> Tensor:
+        """G(z): images in [0, 1]."""
+        return torch.sigmoid(self.generator(z)).view(-1, *self.image_shape)
+
+    def discriminate(self, x: Tensor) -> Tensor:
+        """Logit of D(x), the probability that x is real."""
+        return self.discriminator(x.flatten(1)).squeeze(1)
+
+    def configure_optimizers(self):
+        c = self.config
+        betas = (c.beta1, c.beta2)
+        return {
+            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
+            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
+        }
+
+    def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
+        real = batch.images
+        n = real.shape[0]
+        opt_d, opt_g = optimizers["d"], optimizers["g"]
+        # 2a) noise -> a batch of fakes; 2b) D scores real and fake; 2c) update D only.
+        z = torch.randn(n, self.config.z_dim, device=real.device)
+        fake = self.generate(z).detach()
+        real_logits, fake_logits = self.discriminate(real), self.discriminate(fake)
+        d_loss = self.loss.d_loss(real_logits, fake_logits)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        # 2d) freeze D, generate again; 2e) the frozen D scores them; 2f) update G only.
+        self.discriminator.requires_grad_(False)
+        z = torch.randn(n, self.config.z_dim, device=real.device)
+        g_loss = self.loss.g_loss(self.discriminate(self.generate(z)))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        self.discriminator.requires_grad_(True)
+        with torch.no_grad():
+            d_real = torch.sigmoid(real_logits).mean()
+            d_fake = torch.sigmoid(fake_logits).mean()
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "d_real": d_real, "d_fake": d_fake}
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, generator=None) -> Tensor:
+        return self.generate(randn((n, self.config.z_dim), generator, self.device))

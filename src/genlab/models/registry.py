@@ -1,0 +1,105 @@
+"""Models and presets by name.
+
+A *model* is a class plus its config dataclass; a *preset* is a named choice of model,
+model hyper-parameters and training settings (``seed-vae`` reproduces the seed document).
+Users add their own with :func:`register_model` / :func:`register_preset`, without editing
+genlab; a run folder records the model name, so the registration must happen (import your
+module) before ``genlab.load`` of such a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import GenlabError
+from .base import GenerativeModel
+from .gan import MLPGAN, MLPGANConfig
+from .vae import MLPVAE, MLPVAEConfig
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    cls: type[GenerativeModel]
+    config_cls: type
+    description: str
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: str
+    description: str
+    model_config: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides: epochs, batch_size, ...
+
+
+MODELS: dict[str, ModelEntry] = {}
+PRESETS: dict[str, Preset] = {}
+
+
+def register_model(name: str, cls: type[GenerativeModel], config_cls: type, description: str = "") -> None:
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"config class for model {name!r} must be a dataclass")
+    MODELS[name] = ModelEntry(name, cls, config_cls, description or (cls.__doc__ or "").strip().split("\n")[0])
+
+
+def register_preset(name: str, model: str, description: str, model_config: dict | None = None,
+                    train: dict | None = None) -> None:
+    if model not in MODELS:
+        raise KeyError(f"preset {name!r} names unknown model {model!r}")
+    PRESETS[name] = Preset(name, model, description, dict(model_config or {}), dict(train or {}))
+
+
+def resolve(name: str) -> Preset:
+    """A preset by name; a bare model name is a preset with that model's defaults."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name in MODELS:
+        return Preset(name, name, MODELS[name].description)
+    known = ", ".join(sorted(set(PRESETS) | set(MODELS)))
+    raise GenlabError(f"unknown model or preset {name!r}. Known: {known} (see `genlab models`).")
+
+
+def make_config(model: str, values: dict[str, Any]):
+    """Build model ``model``'s config dataclass from JSON-like values (lists become tuples)."""
+    entry = MODELS[model]
+    hints = typing.get_type_hints(entry.config_cls)
+    names = {f.name for f in dataclasses.fields(entry.config_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise GenlabError(f"model {model!r} has no setting(s) {', '.join(unknown)}; "
+                          f"its settings are: {', '.join(sorted(names))}")
+    kwargs = {}
+    for k, v in values.items():
+        if isinstance(v, list) and "tuple" in str(hints.get(k, "")):
+            v = tuple(v)
+        kwargs[k] = v
+    return entry.config_cls(**kwargs)
+
+
+def build_model(model: str, config: dict[str, Any] | Any, image_shape, num_classes: int = 0) -> GenerativeModel:
+    """Instantiate ``model`` for images of shape (C, H, W)."""
+    if model not in MODELS:
+        raise GenlabError(f"unknown model {model!r}; registered: {', '.join(sorted(MODELS))}. "
+                          "If it is your own model, import the module that registers it first.")
+    entry = MODELS[model]
+    cfg = config if isinstance(config, entry.config_cls) else make_config(model, dict(config))
+    return entry.cls(cfg, tuple(image_shape), num_classes)
+
+
+register_model("mlp-vae", MLPVAE, MLPVAEConfig, "VAE with MLP encoder/decoder, Bernoulli likelihood")
+register_model("mlp-gan", MLPGAN, MLPGANConfig, "GAN with MLP generator and discriminator")
+
+register_preset(
+    "seed-vae", "mlp-vae",
+    "the seed's VAE: MLP 784-512-256-64, BCE(sum) + KL, Adam 1e-3, batch 128, 10 epochs",
+    model_config={}, train={"epochs": 10, "batch_size": 128},
+)
+register_preset(
+    "seed-gan", "mlp-gan",
+    "the seed's MLP GAN (z-h-h-x / x-h-h-1), non-saturating loss, Adam 2e-4 b1=0.5, batch 128",
+    model_config={}, train={"epochs": 30, "batch_size": 128},
+)

@@ -1,0 +1,105 @@
+"""The seed document's variational autoencoder (Kingma & Welling 2014), as an MLP.
+
+encoder  x -> h1 -> h2 -> (mu, logvar)         (the seed's fc1, fc2, fc31, fc32)
+sample   z = mu + sigma * eps                   (reparameterization, losses.reparameterize)
+decoder  z -> h2 -> h1 -> logits -> sigmoid     (the seed's fc4, fc5, fc6)
+loss     BCE(sum) + KL = -ELBO                  (the seed's section 4.2)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..nets import mlp
+from . import losses
+from .base import Batch, GenerativeModel, as_float_images, randn
+
+
+@dataclass
+class MLPVAEConfig:
+    """Hyper-parameters of the MLP VAE. The defaults are the seed's: 784-512-256-64, Adam 1e-3."""
+
+    hidden: tuple[int, ...] = (512, 256)
+    z_dim: int = 64
+    activation: str = "relu"
+    lr: float = 1e-3
+    beta: float = 1.0  # weight of the KL term; 1 is the true ELBO
+
+
+class MLPVAE(GenerativeModel):
+    """A VAE with fully connected encoder and decoder and a Bernoulli decoder likelihood."""
+
+    family = "vae"
+
+    def __init__(self, config: MLPVAEConfig, image_shape, num_classes: int = 0):
+        super().__init__(config, image_shape, num_classes)
+        hidden = list(config.hidden)
+        self.encoder = mlp([self.x_dim, *hidden], config.activation, last_act=True)
+        self.mu_head = nn.Linear(hidden[-1], config.z_dim)
+        self.logvar_head = nn.Linear(hidden[-1], config.z_dim)
+        self.decoder = mlp([config.z_dim, *reversed(hidden), self.x_dim], config.activation)
+
+    # -- the VAE's own interface -------------------------------------------------------------
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z|x) = N(mu, diag(exp(logvar))) for images x in [0, 1]."""
+        h = self.encoder(x.flatten(1))
+        return self.mu_head(h), self.logvar_head(h)
+
+    def decode_logits(self, z: Tensor) -> Tensor:
+        return self.decoder(z).view(-1, *self.image_shape)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The decoder's mean image, in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def loss_terms(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-image reconstruction NLL, KL and negative ELBO (one sample of z)."""
+        mu, logvar = self.encode(x)
+        z = losses.reparameterize(mu, logvar, noise)
+        recon = losses.bernoulli_nll(self.decode_logits(z), x)
+        kl = losses.gaussian_kl(mu, logvar)
+        return {"recon": recon, "kl": kl, "neg_elbo": losses.negative_elbo(recon, kl, self.config.beta)}
+
+    @torch.no_grad()
+    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Single-sample ELBO estimate per image, in nats (a lower bound on log p(x))."""
+        mu, logvar = self.encode(x)
+        noise = randn(tuple(mu.shape), generator, mu.device)
+        z = losses.reparameterize(mu, logvar, noise)
+        recon = losses.bernoulli_nll(self.decode_logits(z), x)
+        return -(recon + losses.gaussian_kl(mu, logvar))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decode the posterior mean: the model's reconstruction of x, in [0, 1]."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+    # -- the common interface ----------------------------------------------------------------
+    def configure_optimizers(self):
+        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+
+    def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
+        x = batch.images
+        terms = self.loss_terms(x)
+        loss = terms["neg_elbo"].sum()  # the seed sums over the batch (reduction='sum')
+        opt = optimizers["vae"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n = x.shape[0]
+        return {"loss": loss.detach() / n, "recon": terms["recon"].detach().mean(), "kl": terms["kl"].detach().mean()}
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, generator=None) -> Tensor:
+        z = randn((n, self.config.z_dim), generator, self.device)  # z ~ p(z) = N(0, I)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def evaluate(self, images: Tensor, labels=None, generator=None, batch_size: int = 2000) -> dict[str, float]:
+        total = torch.zeros((), dtype=torch.float64, device=images.device)
+        for i in range(0, images.shape[0], batch_size):
+            total += self.elbo(as_float_images(images[i:i + batch_size]), generator).double().sum()
+        return {"test_elbo": (total / images.shape[0]).item()}

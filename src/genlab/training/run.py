@@ -1,0 +1,96 @@
+"""Run folders: everything needed to rebuild, sample from and resume a model, without pickle.
+
+    runs/<name>/config.json                 model name + config, training config, data spec
+    runs/<name>/checkpoints/last.safetensors (+ last.json, a readable copy of its metadata)
+    runs/<name>/metrics.jsonl               one JSON line per logged step and per epoch
+    runs/<name>/samples/epoch-XXXX.png      samples at fixed noise, every epoch
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import RunError
+from ..fileio import atomic_write_json
+from ..models.base import GenerativeModel
+from ..models.registry import build_model
+from . import checkpoint as ckpt
+from .trainer import TrainConfig
+
+RUN_FORMAT = "genlab-run-1"
+
+
+def next_free_dir(base: Path) -> Path:
+    """``base`` if it is free, else ``base-2``, ``base-3`` …: a new run never overwrites an old one."""
+    if not base.exists():
+        return base
+    i = 2
+    while base.with_name(f"{base.name}-{i}").exists():
+        i += 1
+    return base.with_name(f"{base.name}-{i}")
+
+
+def write_run_config(run_dir: Path, *, name: str, model: str, model_config: Any, train: TrainConfig,
+                     data: dict[str, Any], parameters: int) -> dict[str, Any]:
+    from .. import __version__
+
+    config = {
+        "format": RUN_FORMAT,
+        "genlab_version": __version__,
+        "torch_version": torch.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": name,
+        "model": model,
+        "model_config": dataclasses.asdict(model_config),
+        "train": dataclasses.asdict(train),
+        "data": data,
+        "parameters": parameters,
+    }
+    atomic_write_json(run_dir / "config.json", config)
+    return config
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not run_dir.exists():
+        raise RunError(f"run folder {run_dir} does not exist. Train one with `genlab train MODEL --out {run_dir}`.")
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a genlab run folder: it has no config.json.")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e}); restore it from a copy.") from None
+    if config.get("format") != RUN_FORMAT:
+        raise RunError(f"{path} has format {config.get('format')!r}; this genlab reads {RUN_FORMAT!r}.")
+    return config
+
+
+def train_config_from(config: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(**config["train"])
+
+
+def model_from_config(config: dict[str, Any]) -> GenerativeModel:
+    data = config["data"]
+    return build_model(config["model"], config["model_config"], tuple(data["image_shape"]), data.get("num_classes", 0))
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+    """The trained model of a run folder (weights of its last checkpoint), in eval mode.
+
+    The returned model carries ``run_dir`` and ``run_config`` attributes.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    model = model_from_config(config)
+    path = run_dir / "checkpoints" / "last.safetensors"
+    tensors, _ = ckpt.read_checkpoint(path)
+    ckpt.load_model_weights(model, tensors, path)
+    model.run_dir = run_dir
+    model.run_config = config
+    return model.to(device).eval()
