@@ -19,7 +19,7 @@ from .data import load_dataset
 from .errors import GenlabError, RunError
 from .models.base import GenerativeModel
 from .models.registry import MODELS, build_model, make_config, resolve
-from .training.run import load, model_from_config, next_free_dir, read_run_config, train_config_from, write_run_config
+from .training.run import load, load_run_dataset, model_from_config, next_free_dir, read_run_config, train_config_from, write_run_config
 from .training.trainer import Trainer, TrainConfig, TrainState
 
 __all__ = ["train", "resume", "load", "TrainResult"]
@@ -108,12 +108,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
     train_cfg.max_steps = max_steps  # a stop at max_steps is not a limit for the continuation
     if device is not None:
         train_cfg.device = device
-    data = config["data"]
-    dataset = load_dataset(data["spec"], data_dir=data.get("data_dir"), image_size=data.get("image_size"),
-                           channels=data.get("channels"), progress=progress)
-    if list(dataset.image_shape) != list(data["image_shape"]):
-        raise RunError(f"the data {data['spec']} now has image shape {dataset.image_shape}, but the run was "
-                       f"trained on {tuple(data['image_shape'])}; resume needs the same data.")
+    dataset = load_run_dataset(config, progress=progress)
     net = model_from_config(config)
     trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress)
     trainer.restore()

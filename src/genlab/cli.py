@@ -6,9 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .errors import GenlabError
 
 EPILOG = """examples:
@@ -128,6 +125,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
     from .api import load
     from .viz import save_grid
 
@@ -150,28 +150,19 @@ def cmd_sample(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     from .api import load
-    from .data import load_dataset
-    from .viz import save_grid
+    from .training.run import load_run_dataset
+    from .viz.grid import paired_rows, save_grid
 
     model = load(args.run, device=args.device)
     if not hasattr(model, "reconstruct"):
         raise GenlabError(f"{args.run} holds a {model.family.upper()} ({model.run_config['model']}); only VAEs "
                           "reconstruct. Use `genlab sample` instead.")
-    data = model.run_config["data"]
-    dataset = load_dataset(data["spec"], data_dir=data.get("data_dir"), image_size=data.get("image_size"),
-                           channels=data.get("channels"))
+    dataset = load_run_dataset(model.run_config)
     split = dataset.test if len(dataset.test) else dataset.train
     x = split.images[: args.num].float().div(255).to(args.device)
     recon = model.reconstruct(x).cpu()
-    per_row = 8
-    rows = []
-    for i in range(0, x.shape[0], per_row):
-        rows += [x[i:i + per_row].cpu(), recon[i:i + per_row]]
-        if rows[-1].shape[0] < per_row:  # pad a short last pair of rows with white
-            pad = torch.ones(per_row - rows[-1].shape[0], *x.shape[1:])
-            rows[-2], rows[-1] = torch.cat([rows[-2], pad]), torch.cat([rows[-1], pad])
     out = Path(args.output) if args.output else Path(args.run) / "reconstructions.png"
-    save_grid(torch.cat(rows), out, nrow=per_row)
+    save_grid(paired_rows(x, recon), out, nrow=8)
     print(f"wrote {x.shape[0]} originals (odd rows) and reconstructions (even rows) to {out}")
     return 0
 

@@ -100,6 +100,6 @@ register_preset(
 )
 register_preset(
     "seed-gan", "mlp-gan",
-    "the seed's MLP GAN (z-h-h-x / x-h-h-1), non-saturating loss, Adam 2e-4 b1=0.5, batch 128",
-    model_config={}, train={"epochs": 30, "batch_size": 128},
+    "the seed's MLP GAN (z-h-h-x / x-h-h-1), non-saturating loss, Adam 1e-3 b1=0.5, batch 128",
+    model_config={}, train={"epochs": 20, "batch_size": 128},
 )

@@ -94,3 +94,16 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> GenerativeM
     model.run_dir = run_dir
     model.run_config = config
     return model.to(device).eval()
+
+
+def load_run_dataset(config: dict[str, Any], progress: bool = True):
+    """The dataset a run was trained on, loaded again from the spec in its config.json."""
+    from ..data import load_dataset
+
+    data = config["data"]
+    dataset = load_dataset(data["spec"], data_dir=data.get("data_dir"), image_size=data.get("image_size"),
+                           channels=data.get("channels"), progress=progress)
+    if list(dataset.image_shape) != list(data["image_shape"]):
+        raise RunError(f"the data {data['spec']} now has image shape {dataset.image_shape}, but the run was "
+                       f"trained on {tuple(data['image_shape'])}; it needs the same data.")
+    return dataset

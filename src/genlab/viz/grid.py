@@ -46,3 +46,16 @@ def save_grid(images: torch.Tensor, path: str | Path, **kwargs) -> Path:
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def paired_rows(originals: torch.Tensor, others: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """Interleave two image sets row by row (a row of originals, then the same images' partners),
+    padding a short last row with white; tile the result with ``nrow=per_row``."""
+    rows = []
+    for i in range(0, originals.shape[0], per_row):
+        a, b = originals[i:i + per_row].cpu(), others[i:i + per_row].cpu()
+        if a.shape[0] < per_row:
+            pad = torch.ones(per_row - a.shape[0], *a.shape[1:])
+            a, b = torch.cat([a, pad]), torch.cat([b, pad])
+        rows += [a, b]
+    return torch.cat(rows)
