@@ -2,7 +2,7 @@
 
     python bench/throughput.py [--epochs 1] [--threads 2] [--data fashion-mnist]
 
-Each case runs in its own process (so peak memory is its own) on the 60,000 training images,
+Each case runs in its own process, ``--repeats`` times interleaved (median reported), (so peak memory is its own) on the 60,000 training images,
 batch 128, ``torch.set_num_threads(threads)``. Prints a Markdown table and writes
 bench/results/throughput.json. The compute limit is the measured fp32 matmul rate divided by
 the model's training FLOPs per image (multiply-adds x 2, backward = 2 x forward).
@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,18 +91,26 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over all cases; the median is reported")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.data, args.epochs, args.threads)))
         return
+    cases = ("seed-loop-vae", "genlab-seed-vae", "seed-loop-gan", "genlab-seed-gan")
+    runs: dict[str, list[dict]] = {c: [] for c in cases}
+    for round_ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every case
+        for case in cases:
+            out = subprocess.run([sys.executable, __file__, "--case", case, "--epochs", str(args.epochs),
+                                  "--threads", str(args.threads), "--data", args.data],
+                                 check=True, capture_output=True, text=True).stdout
+            runs[case].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"round {round_ + 1}: {case}: {runs[case][-1]['img_per_s']:.0f} img/s", file=sys.stderr)
     rows = []
-    for case in ("seed-loop-vae", "genlab-seed-vae", "seed-loop-gan", "genlab-seed-gan"):
-        out = subprocess.run([sys.executable, __file__, "--case", case, "--epochs", str(args.epochs),
-                              "--threads", str(args.threads), "--data", args.data],
-                             check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(f"{case}: {rows[-1]['img_per_s']:.0f} img/s", file=sys.stderr)
+    for case in cases:
+        rates = sorted(r["img_per_s"] for r in runs[case])
+        rows.append({"case": case, "img_per_s": statistics.median(rates), "img_per_s_runs": rates,
+                     "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[case])})
     gflops = matmul_gflops(args.threads)
     for r in rows:
         flops = train_flops_per_image(r["case"])
@@ -112,11 +121,12 @@ def main() -> None:
     for r in rows:
         r["speedup_vs_seed_loop"] = r["img_per_s"] / base[r["case"].split("-")[-1]]
     result = {"data": args.data, "epochs": args.epochs, "threads": args.threads, "batch_size": 128,
+              "repeats": args.repeats, "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
               "matmul_gflops_fp32": gflops, "machine": platform.processor() or platform.machine(), "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"fp32 matmul (1024^3, {args.threads} threads): {gflops:.1f} GFLOP/s\n")
-    print("| case | img/s | vs seed loop | MFLOP/img | compute limit img/s | of limit | peak RSS MiB |")
+    print("| case | img/s (median) | vs seed loop | MFLOP/img | compute limit img/s | of limit | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['case']} | {r['img_per_s']:,.0f} | {r['speedup_vs_seed_loop']:.2f}x | "

@@ -71,7 +71,8 @@ class MLPGAN(GenerativeModel):
         # 2a) noise -> a batch of fakes; 2b) D scores real and fake; 2c) update D only.
         z = torch.randn(n, self.config.z_dim, device=real.device)
         fake = self.generate(z).detach()
-        real_logits, fake_logits = self.discriminate(real), self.discriminate(fake)
+        # one pass over real and fake together: the same D(x) per image, one larger matmul
+        real_logits, fake_logits = self.discriminate(torch.cat([real, fake])).split([n, n])
         d_loss = self.loss.d_loss(real_logits, fake_logits)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()

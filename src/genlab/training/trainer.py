@@ -147,7 +147,8 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def _say(self, msg: str) -> None:
-        if self.is_main and self.progress:
+        """A line for the user (epoch summaries, stop notices); the bar alone follows ``progress``."""
+        if self.is_main:
             tqdm.write(msg)
 
     def sample_grid(self) -> Path | None:
