@@ -175,8 +175,8 @@ def cmd_datasets(args) -> int:
     for r in rows:
         mark = "yes" if r["available"] else "no "
         print(f"{r['name']:<{width}}  {mark}  {r['where']}")
-        if r.get("how"):
-            print(f"{'':<{width}}       {r['how']}")
+        for line in r.get("how", "").replace("   - ", "\n- ").splitlines():
+            print(f"{'':<{width}}       {line.strip()}")
     return 0
 
 
@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\naborted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `genlab datasets | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

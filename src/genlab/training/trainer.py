@@ -39,6 +39,7 @@ class TrainConfig:
     sample_every: int = 1  # epochs between sample grids (0: only at the end)
     num_samples: int = 64  # images in each grid, at fixed noise
     drop_last: bool = False  # the seed's DataLoader keeps the last, smaller batch
+    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (long epochs lose little to a kill -9)
     device: str = "auto"
 
 
@@ -198,6 +199,7 @@ class Trainer:
         count, window_images, window_start = 0, 0, time.perf_counter()
         check_every = 1 if self.device.type == "cpu" else cfg.log_every
         status = "completed"
+        last_save = time.monotonic()
 
         def flush() -> None:
             nonlocal sums, count, window_images, window_start
@@ -233,6 +235,9 @@ class Trainer:
                         st.train_seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         flush()
+                    if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes:
+                        self.save(epoch_start_state)
+                        last_save = time.monotonic()
                     if stop.requested:
                         status = "interrupted"
                     elif cfg.max_steps is not None and st.step >= cfg.max_steps:
