@@ -266,6 +266,8 @@ class Trainer:
             if path is not None:
                 record["samples"] = str(path.relative_to(self.run_dir))
         self._write_metrics(record)
+        if not (last or cfg.epochs <= 20 or st.epoch % math.ceil(cfg.epochs / 20) == 0):
+            return  # about 20 epoch lines per run
         extra = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "time")
         self._say(f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  {extra}".rstrip())
 
