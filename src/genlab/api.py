@@ -17,8 +17,9 @@ import torch
 
 from .data import load_dataset
 from .errors import GenlabError, RunError
+from .fileio import atomic_write_json
 from .models.base import GenerativeModel
-from .models.registry import MODELS, build_model, make_config, resolve
+from .models.registry import build_model, make_config, resolve
 from .training.run import load, load_run_dataset, model_from_config, next_free_dir, read_run_config, train_config_from, write_run_config
 from .training.trainer import Trainer, TrainConfig, TrainState
 
@@ -113,7 +114,6 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
     trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress)
     trainer.restore()
     config["train"] = dataclasses.asdict(train_cfg)
-    from .fileio import atomic_write_json
     atomic_write_json(run_dir / "config.json", config)
     status = trainer.fit()
     return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))

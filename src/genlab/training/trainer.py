@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data.batches import BatchIterator
 from ..errors import RunError
+from ..fileio import atomic_write_bytes
 from ..models.base import GenerativeModel
 from ..viz.grid import save_grid
 from . import checkpoint as ckpt
@@ -138,7 +139,6 @@ class Trainer:
         lines = self.metrics_path.read_text().splitlines()
         keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
         if len(keep) != len(lines):
-            from ..fileio import atomic_write_bytes
             atomic_write_bytes(self.metrics_path, "".join(ln + "\n" for ln in keep).encode())
 
     # -- logging ----------------------------------------------------------------------------
