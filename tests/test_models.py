@@ -88,3 +88,18 @@ def test_users_register_their_own_model_without_editing_genlab():
         assert isinstance(model, TinyVAE) and model.config.hidden == (32,) and model.config.z_dim == 2
     finally:
         MODELS.pop("tiny-vae-test"), PRESETS.pop("tiny-vae-test-preset")
+
+
+def test_dynamic_binarization_trains_on_fresh_binary_draws():
+    model = build_model("mlp-vae", {"binarize": True}, (1, 8, 8))
+    seen = []
+    original = model.loss_terms
+    model.loss_terms = lambda x, noise=None: seen.append(x.clone()) or original(x, noise)
+    grey = torch.full((64, 1, 8, 8), 0.3)
+    opts = model.configure_optimizers()
+    model.train_step(Batch(grey), 0, opts)
+    model.train_step(Batch(grey), 1, opts)
+    a, b = seen
+    assert set(a.unique().tolist()) == {0.0, 1.0}
+    assert abs(a.mean().item() - 0.3) < 0.05  # Bernoulli(0.3) pixels
+    assert not torch.equal(a, b)  # a new draw every step

@@ -26,6 +26,7 @@ class MLPVAEConfig:
     activation: str = "relu"
     lr: float = 1e-3
     beta: float = 1.0  # weight of the KL term; 1 is the true ELBO
+    binarize: bool = False  # dynamic binarization: train on x ~ Bernoulli(pixel), a fresh draw every step
 
 
 class MLPVAE(GenerativeModel):
@@ -83,6 +84,8 @@ class MLPVAE(GenerativeModel):
 
     def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
         x = batch.images
+        if self.config.binarize:  # the binarized-MNIST protocol of the IWAE literature
+            x = torch.bernoulli(x)
         terms = self.loss_terms(x)
         loss = terms["neg_elbo"].sum()  # the seed sums over the batch (reduction='sum')
         opt = optimizers["vae"]
@@ -101,5 +104,8 @@ class MLPVAE(GenerativeModel):
     def evaluate(self, images: Tensor, labels=None, generator=None, batch_size: int = 2000) -> dict[str, float]:
         total = torch.zeros((), dtype=torch.float64, device=images.device)
         for i in range(0, images.shape[0], batch_size):
-            total += self.elbo(as_float_images(images[i:i + batch_size]), generator).double().sum()
+            x = as_float_images(images[i:i + batch_size])
+            if self.config.binarize:  # stochastic binarization of the test set, seeded by `generator`
+                x = torch.bernoulli(x, generator=generator)
+            total += self.elbo(x, generator).double().sum()
         return {"test_elbo": (total / images.shape[0]).item()}

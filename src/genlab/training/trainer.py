@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=total, initial=st.step, unit="step", dynamic_ncols=True,
-                   disable=not (self.progress and self.is_main), desc=self.run_dir.name)
+                   disable=not (self.progress and self.is_main and sys.stderr.isatty()), desc=self.run_dir.name)
         sums: dict[str, torch.Tensor] = {}
         count, window_images, window_start = 0, 0, time.perf_counter()
         check_every = 1 if self.device.type == "cpu" else cfg.log_every
