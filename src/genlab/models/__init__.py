@@ -3,6 +3,7 @@ from .base import Batch, GenerativeModel
 from .gan import MLPGAN, MLPGANConfig
 from .registry import MODELS, PRESETS, Preset, build_model, register_model, register_preset, resolve
 from .vae import MLPVAE, MLPVAEConfig
+from . import zoo  # noqa: E402,F401  (registers the zoo's models and presets)
 
 __all__ = [
     "Batch", "GenerativeModel", "MLPGAN", "MLPGANConfig", "MLPVAE", "MLPVAEConfig",

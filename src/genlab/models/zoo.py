@@ -1,0 +1,1 @@
+"""Registrations of the model zoo (convolutional VAEs and GANs, conditional models, hybrids)."""
