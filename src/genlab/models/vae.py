@@ -55,6 +55,10 @@ class MLPVAE(GenerativeModel):
         """The decoder's mean image, in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z))
 
+    def log_px_given_z(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) per image, in nats (Bernoulli decoder); z of shape (B, z_dim) for x of (B, C, H, W)."""
+        return -losses.bernoulli_nll(self.decode_logits(z), x)
+
     def loss_terms(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         """Per-image reconstruction NLL, KL and negative ELBO (one sample of z)."""
         mu, logvar = self.encode(x)
