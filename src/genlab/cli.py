@@ -83,6 +83,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output PNG (default RUN/reconstructions.png)")
     p.add_argument("--device", default="cpu")
 
+    p = sub.add_parser("eval", help="score a run (or an .npz of samples) offline: FID, KID, IS, PRDC, NLL", description=(
+        "Score samples in the feature space of a small CNN classifier trained on the dataset\n"
+        "itself (the evaluator; trained and cached on first use), not Inception: numbers compare\n"
+        "only between results with the same evaluator fingerprint, which every result records.\n"
+        "Writes RUN/eval.json."),
+        epilog="examples:\n  genlab eval runs/seed-vae-fashion-mnist\n"
+               "  genlab eval runs/seed-vae-fashion-mnist --likelihood-k 5000 --binarize\n"
+               "  genlab eval --samples samples.npz --data fashion-mnist\n"
+               "  genlab eval --calibrate --data fashion-mnist",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", help="run folder to evaluate")
+    p.add_argument("--samples", metavar="NPZ", help="evaluate these samples ('images', (N, C, H, W)) instead of a run")
+    p.add_argument("--calibrate", action="store_true",
+                   help="score reference sets (real, noise, blurred, half the classes, one image) to read results by")
+    _add_data_args(p)
+    p.add_argument("-n", "--num", type=int, default=10_000, help="number of samples (default 10000)")
+    p.add_argument("--reference", choices=("test", "train"), default="test", help="reference split (default test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--likelihood-k", type=int, metavar="K",
+                   help="VAEs: importance samples for the IWAE NLL estimate (e.g. 5000); default: ELBO only")
+    p.add_argument("--binarize", action="store_true",
+                   help="VAEs: stochastically binarize the test set (the binarized-MNIST protocol)")
+    p.add_argument("--features", choices=("evaluator", "inception"), default="evaluator",
+                   help="evaluator (default): the dataset's own classifier; inception: add FID/KID in Inception "
+                        "features, if torch-fidelity and its weights are on disk (never downloaded)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("evaluator", help="train or inspect the evaluator network of a dataset")
+    p.add_argument("action", choices=("train", "info"), help="train: train (or retrain) and cache; info: show the cached one")
+    _add_data_args(p)
+    p.add_argument("--epochs", type=int, help="training epochs (default: sized to the dataset)")
+    p.add_argument("--no-progress", action="store_true")
+
     sub.add_parser("datasets", help="list data sources and whether they are available here")
     sub.add_parser("models", help="list presets and models")
     p = sub.add_parser("demo", help="train seed-vae and seed-gan on the bundled digits and show where to look")
@@ -167,6 +201,89 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .eval import calibrate, evaluate_npz, evaluate_run, format_calibration, format_table, get_evaluator
+
+    progress = not args.no_progress
+    if sum(bool(x) for x in (args.run, args.samples, args.calibrate)) != 1:
+        raise GenlabError("give exactly one of: a run folder, --samples FILE.npz, or --calibrate.")
+    if args.num < 2:
+        raise GenlabError("-n must be at least 2")
+    if args.features == "inception":
+        from .eval.inception import check_inception_available
+
+        check_inception_available()  # fail before minutes of work, not after
+    if args.calibrate:
+        from .data import load_dataset
+
+        ds = load_dataset(args.data, data_dir=args.data_dir, image_size=args.image_size, channels=args.channels,
+                          progress=progress)
+        rows = calibrate(ds, get_evaluator(ds, progress=progress), n=args.num, seed=args.seed,
+                         reference=args.reference)
+        print(json.dumps(rows, indent=2) if args.json else format_calibration(rows))
+        return 0
+    if args.samples:
+        result = evaluate_npz(args.samples, args.data, reference=args.reference, seed=args.seed,
+                              data_dir=args.data_dir, progress=progress)
+    else:
+        result = evaluate_run(args.run, n_samples=args.num, reference=args.reference, seed=args.seed,
+                              likelihood_k=args.likelihood_k, binarize=args.binarize, progress=progress)
+    if args.features == "inception":
+        result["inception"] = _inception_scores(args, result)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if "inception" in result and not args.json:
+        r = result["inception"]
+        print(f"Inception features: FID {r['fid']:.2f}  KID {r['kid']:.4f}")
+    if args.run:
+        print(f"written to {Path(args.run) / 'eval.json'}")
+    return 0
+
+
+def _inception_scores(args, result) -> dict:
+    import torch
+
+    from .data import load_dataset
+    from .eval.inception import inception_fid_kid
+    from .eval.report import sample_model
+
+    if args.samples:
+        from .eval.report import _load_npz_images
+
+        samples = _load_npz_images(Path(args.samples))
+        samples = samples.float() / 255 if samples.dtype == torch.uint8 else samples
+        ds = load_dataset(args.data, data_dir=args.data_dir)
+    else:
+        from .api import load
+        from .training.run import load_run_dataset
+
+        model = load(args.run)
+        samples, ds = sample_model(model, args.num, args.seed), load_run_dataset(model.run_config)
+    split = ds.test if args.reference == "test" else ds.train
+    scores = inception_fid_kid(samples, split.images[: args.num].float() / 255)
+    if args.run:
+        from .fileio import atomic_write_json
+
+        atomic_write_json(Path(args.run) / "eval.json", {**result, "inception": scores})
+    return scores
+
+
+def cmd_evaluator(args) -> int:
+    from .data import load_dataset
+    from .eval import get_evaluator, train_evaluator
+    from .eval.evaluator import evaluator_cache_root, fingerprint, save_evaluator
+
+    progress = not args.no_progress
+    ds = load_dataset(args.data, data_dir=args.data_dir, image_size=args.image_size, channels=args.channels,
+                      progress=progress)
+    if args.action == "train":
+        ev = train_evaluator(ds, epochs=args.epochs, progress=progress)
+        save_evaluator(ev, evaluator_cache_root() / fingerprint(ds))
+    else:
+        ev = get_evaluator(ds, train_if_missing=False)
+    print(json.dumps(ev.info, indent=2))
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from .data import dataset_status
 
@@ -199,7 +316,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "eval": cmd_eval,
+            "evaluator": cmd_evaluator,
             "datasets": cmd_datasets, "models": cmd_models, "demo": cmd_demo}
 
 
