@@ -180,8 +180,8 @@ def test_iwae_bounds_and_batching(vae_run, digits):
     xb = x[:12].float() / 255
     eps = torch.randn(30, 12, model.config.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        batched = log_weights(model, xb, eps)
-        single = torch.cat([log_weights(model, xb[i:i + 1], eps[:, i:i + 1]) for i in range(12)], 1)
+        batched = log_weights(model, xb, eps)[0]
+        single = torch.cat([log_weights(model, xb[i:i + 1], eps[:, i:i + 1])[0] for i in range(12)], 1)
     assert torch.allclose(batched, single, rtol=1e-5, atol=1e-3)
     binar = vae_likelihood(model, x, k=50, binarize=True, seed=0)
     assert binar["binarized"] and binar["bits_per_dim"] == pytest.approx(binar["nll_iwae"] / (64 * math.log(2)))

@@ -17,10 +17,10 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import GenlabError
+from ..models.losses import gaussian_kl
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -29,22 +29,22 @@ def _std_normal_logpdf(z: Tensor) -> Tensor:
     return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
 
 
-def log_weights(model, x: Tensor, eps: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None) -> Tensor:
-    """log w = log p(x|z) + log p(z) - log q(z|x) for z = mu + sigma * eps.
+def log_weights(model, x: Tensor, eps: Tensor, mu: Tensor | None = None,
+                logvar: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(log w, log p(x|z)) for z = mu + sigma * eps, with log w = log p(x|z) + log p(z) - log q(z|x).
 
-    x: (B, C, H, W) in [0, 1]; eps: (S, B, Z) standard normal. Returns (S, B), in nats.
+    x: (B, C, H, W) in [0, 1]; eps: (S, B, Z) standard normal. Both results (S, B), in nats.
+    The decoder's likelihood comes from ``model.log_px_given_z``, so any VAE decoder works.
     """
     if mu is None or logvar is None:
         mu, logvar = model.encode(x)
     s, b, zd = eps.shape
-    std = torch.exp(0.5 * logvar)
-    z = mu[None] + std[None] * eps  # (S, B, Z)
-    logits = model.decode_logits(z.reshape(s * b, zd)).reshape(s, b, -1)
-    target = x.reshape(1, b, -1).expand(s, b, -1)
-    log_px_z = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+    z = mu[None] + torch.exp(0.5 * logvar)[None] * eps  # (S, B, Z)
+    xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
+    log_px_z = model.log_px_given_z(xs, z.reshape(s * b, zd)).reshape(s, b)
     log_pz = _std_normal_logpdf(z)
-    log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar[None]).sum(-1)
-    return log_px_z + log_pz - log_qz
+    log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar[None]).sum(-1)  # log N(z; mu, sigma^2), z - mu = sigma * eps
+    return log_px_z + log_pz - log_qz, log_px_z
 
 
 def _is_binary(images: Tensor) -> bool:
@@ -63,8 +63,8 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
     sample chunks of ``max_rows // batch_images`` samples. ELBO = E_q[log p(x|z)] (mean over the k
     samples) - KL(q || p) (closed form).
     """
-    if not (hasattr(model, "encode") and hasattr(model, "decode_logits")):
-        raise GenlabError(f"{type(model).__name__} has no encode/decode_logits; likelihoods are for VAEs only.")
+    if not (hasattr(model, "encode") and hasattr(model, "log_px_given_z")):
+        raise GenlabError(f"{type(model).__name__} has no encode/log_px_given_z; likelihoods are for VAEs only.")
     if k < 1 or batch_images < 1:
         raise GenlabError(f"k and batch_images must be at least 1, got k={k}, batch_images={batch_images}.")
     model.eval()
@@ -93,15 +93,11 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
         while done < k:
             s = min(chunk, k - done)
             eps = torch.randn((s, b, mu.shape[1]), generator=gen).to(device)
-            lw = log_weights(model, x, eps, mu, logvar).double()
-            lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
-            # log p(x|z) alone = log w - log p(z) + log q(z|x); recomputing it here is cheaper than a 2nd decode
-            z = mu[None] + torch.exp(0.5 * logvar)[None] * eps
-            log_pz = _std_normal_logpdf(z).double()
-            log_qz = (-0.5 * (eps.pow(2) + _LOG_2PI + logvar[None]).sum(-1)).double()
-            recon_sum += (lw - log_pz + log_qz).sum(0)
+            lw, log_px_z = log_weights(model, x, eps, mu, logvar)
+            lse = torch.logaddexp(lse, torch.logsumexp(lw.double(), 0))
+            recon_sum += log_px_z.double().sum(0)
             done += s
-        kl = (-0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=-1)).double()
+        kl = gaussian_kl(mu, logvar).double()
         nll[i:i + b] = -(lse - math.log(k)).cpu()
         elbo[i:i + b] = (recon_sum / k - kl).cpu()
         if bar is not None:
