@@ -194,7 +194,8 @@ def cmd_reconstruct(args) -> int:
     dataset = load_run_dataset(model.run_config)
     split = dataset.test if len(dataset.test) else dataset.train
     x = split.images[: args.num].float().div(255).to(args.device)
-    recon = model.reconstruct(x).cpu()
+    labels = None if split.labels is None else split.labels[: args.num].to(args.device)
+    recon = model.reconstruct(x, labels).cpu()
     out = Path(args.output) if args.output else Path(args.run) / "reconstructions.png"
     save_grid(paired_rows(x, recon), out, nrow=8)
     print(f"wrote {x.shape[0]} originals (odd rows) and reconstructions (even rows) to {out}")

@@ -29,19 +29,20 @@ def _std_normal_logpdf(z: Tensor) -> Tensor:
     return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
 
 
-def log_weights(model, x: Tensor, eps: Tensor, mu: Tensor | None = None,
-                logvar: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def log_weights(model, x: Tensor, eps: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None,
+                labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(log w, log p(x|z)) for z = mu + sigma * eps, with log w = log p(x|z) + log p(z) - log q(z|x).
 
     x: (B, C, H, W) in [0, 1]; eps: (S, B, Z) standard normal. Both results (S, B), in nats.
     The decoder's likelihood comes from ``model.log_px_given_z``, so any VAE decoder works.
     """
     if mu is None or logvar is None:
-        mu, logvar = model.encode(x)
+        mu, logvar = model.encode(x, labels)
     s, b, zd = eps.shape
     z = mu[None] + torch.exp(0.5 * logvar)[None] * eps  # (S, B, Z)
     xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-    log_px_z = model.log_px_given_z(xs, z.reshape(s * b, zd)).reshape(s, b)
+    ys = None if labels is None else labels.unsqueeze(0).expand(s, b).reshape(s * b)
+    log_px_z = model.log_px_given_z(xs, z.reshape(s * b, zd), ys).reshape(s, b)
     log_pz = _std_normal_logpdf(z)
     log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar[None]).sum(-1)  # log N(z; mu, sigma^2), z - mu = sigma * eps
     return log_px_z + log_pz - log_qz, log_px_z
@@ -55,8 +56,9 @@ def _is_binary(images: Tensor) -> bool:
 
 @torch.no_grad()
 def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False, seed: int = 0,
-                   batch_images: int = 500, max_rows: int = 32_768, progress: bool = False) -> dict[str, Any]:
-    """Test-set ELBO and IWAE NLL estimate (nats/image) of a VAE with a Bernoulli decoder.
+                   batch_images: int = 500, max_rows: int = 32_768, progress: bool = False,
+                   labels: Tensor | None = None) -> dict[str, Any]:
+    """Test-set ELBO and IWAE NLL estimate (nats/image) of a VAE (``labels`` for conditional ones).
 
     ``images``: uint8 (N, C, H, W) (or float in [0, 1]). ``k``: importance samples per image
     (k = 1 gives only the ELBO's sample). Batched over ``batch_images`` images at once and over
@@ -85,7 +87,8 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
     for i in range(0, n, batch_images):
         x = x_all[i:i + batch_images].to(device)
         b = x.shape[0]
-        mu, logvar = model.encode(x)
+        y = None if labels is None else labels[i:i + batch_images].to(device)
+        mu, logvar = model.encode(x, y)
         chunk = max(1, min(k, max_rows // b))
         lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
         recon_sum = torch.zeros(b, dtype=torch.float64, device=device)
@@ -93,7 +96,7 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
         while done < k:
             s = min(chunk, k - done)
             eps = torch.randn((s, b, mu.shape[1]), generator=gen).to(device)
-            lw, log_px_z = log_weights(model, x, eps, mu, logvar)
+            lw, log_px_z = log_weights(model, x, eps, mu, logvar, y)
             lse = torch.logaddexp(lse, torch.logsumexp(lw.double(), 0))
             recon_sum += log_px_z.double().sum(0)
             done += s
@@ -104,8 +107,14 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
             bar.update(b)
     if bar is not None:
         bar.close()
-    kind = ("bernoulli, stochastically binarized test set" if binarize else
-            "bernoulli (data already binary)" if binary else "bce-on-grey (not a normalised likelihood)")
+    decoder = getattr(getattr(model, "config", None), "likelihood", "bernoulli")
+    if decoder == "logistic":  # a distribution over the 256 levels of 8-bit pixels: bits/dim are meaningful
+        kind, binary = "discretized logistic over 256 levels (normalised, 8-bit data)", True
+    elif decoder == "gaussian":
+        kind, binary = "gaussian density on [0, 1] pixels (continuous; not comparable with discrete NLLs)", False
+    else:
+        kind = ("bernoulli, stochastically binarized test set" if binarize else
+                "bernoulli (data already binary)" if binary else "bce-on-grey (not a normalised likelihood)")
     out: dict[str, Any] = {
         "units": "nats/image", "n_images": int(n), "k": int(k), "binarized": bool(binarize),
         "binarize_seed": int(seed) if binarize else None, "likelihood": kind,

@@ -50,7 +50,7 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = 
     t2 = time.perf_counter()
     if hasattr(model, "encode") and hasattr(model, "log_px_given_z"):
         result["likelihood"] = vae_likelihood(model, dataset.test.images, k=likelihood_k or 1, binarize=binarize,
-                                              seed=seed, progress=progress)
+                                              seed=seed, progress=progress, labels=dataset.test.labels)
     t3 = time.perf_counter()
     result["run"] = {"run_dir": str(run_dir), "model": model.run_config.get("model"),
                      "name": model.run_config.get("name"), "data": model.run_config["data"].get("spec")}

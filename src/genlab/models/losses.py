@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+LOG_2PI = math.log(2.0 * math.pi)
+
 # ----------------------------------------------------------------------------- VAE
 
 
@@ -42,6 +44,66 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     for grey targets x in (0, 1) it is the cross-entropy, not a normalised likelihood.
     """
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """-log N(x; mean, diag(exp(logvar))) per image (sum over pixels), in nats.
+
+    -log p(x) = 1/2 * sum( log(2 pi) + log sigma^2 + (x - mean)^2 / sigma^2 ). ``logvar`` broadcasts
+    against x (a fixed variance is a scalar tensor). A density on [0, 1], not a probability of the
+    8-bit pixel values: compare it with the discrete likelihoods only after dequantization.
+    """
+    nll = 0.5 * (LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar))
+    return nll.expand_as(x).flatten(1).sum(1)
+
+
+def _log_sigmoid_difference(a: Tensor, b: Tensor) -> Tensor:
+    """log(sigmoid(a) - sigmoid(b)) for a > b, accurate in both tails.
+
+    log(s(a) - s(b)) = log s(a) + log(1 - exp(log s(b) - log s(a))), and in the right tail the
+    symmetry s(a) - s(b) = s(-b) - s(-a) keeps both log-sigmoids away from log(1) = 0.
+    """
+    flip = (a + b) > 0
+    a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    log_sa, log_sb = F.logsigmoid(a), F.logsigmoid(b)
+    # the clamp keeps log finite (and its gradient defined) when the bin's mass underflows
+    return log_sa + torch.log(-torch.expm1(log_sb - log_sa).clamp(max=-1e-30))
+
+
+def discretized_logistic_nll(x: Tensor, mean: Tensor, log_scale: Tensor, bins: int = 256) -> Tensor:
+    """-log P(x) per image (sum over pixels), in nats, for 8-bit pixels x in {0, 1/255, ..., 1}.
+
+    Salimans et al. 2017 (PixelCNN++, eq. 2) with one logistic per pixel: the probability of a
+    pixel is the logistic's mass on its bin of width 1/255 centred on x,
+        P(x) = sigma((x + 1/510 - mean) / s) - sigma((x - 1/510 - mean) / s),
+    except that the first bin reaches down to -inf (P(0) = sigma((1/510 - mean) / s)) and the last
+    up to +inf (P(1) = 1 - sigma((1 - 1/510 - mean) / s)), so the 256 probabilities sum to 1 and
+    nll / (C*H*W * log 2) is a true bits/dim.
+    """
+    half_bin = 0.5 / (bins - 1)
+    inv_s = torch.exp(-log_scale)
+    upper = (x - mean + half_bin) * inv_s
+    lower = (x - mean - half_bin) * inv_s
+    log_p_first = F.logsigmoid(upper)  # x = 0: the mass below the first bin's upper edge
+    log_p_last = F.logsigmoid(-lower)  # x = 1: the mass above the last bin's lower edge
+    log_p_mid = _log_sigmoid_difference(upper, lower)
+    log_p = torch.where(x < half_bin, log_p_first, torch.where(x > 1 - half_bin, log_p_last, log_p_mid))
+    return -log_p.flatten(1).sum(1)
+
+
+def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension (the latent log-density)."""
+    return -0.5 * torch.sum(LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar), dim=-1)
+
+
+def iwae_bound(log_weights: Tensor) -> Tensor:
+    """The importance-weighted bound L_k = log (1/k) sum_i w_i per image (Burda et al. 2015, eq. 8).
+
+    ``log_weights`` has shape (k, B): log w_i = log p(x, z_i) - log q(z_i | x), z_i ~ q(z|x).
+    k = 1 is the single-sample ELBO; L_k <= L_{k+1} <= log p(x) in expectation (their Theorem 1).
+    """
+    k = log_weights.shape[0]
+    return torch.logsumexp(log_weights, dim=0) - math.log(k)
 
 
 def negative_elbo(recon_nll: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:
@@ -78,6 +140,65 @@ def non_saturating_g_loss(fake_logits: Tensor) -> Tensor:
     return F.softplus(-fake_logits).mean()
 
 
+def least_squares_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Least-squares GAN, discriminator (Mao et al. 2017, eq. 9 with a = 0, b = 1):
+    1/2 E_x[(D(x) - 1)^2] + 1/2 E_z[D(G(z))^2], D the raw output (no sigmoid)."""
+    return 0.5 * (real_logits - 1.0).pow(2).mean() + 0.5 * fake_logits.pow(2).mean()
+
+
+def least_squares_g_loss(fake_logits: Tensor) -> Tensor:
+    """Least-squares GAN, generator (Mao et al. 2017, eq. 9 with c = 1): 1/2 E_z[(D(G(z)) - 1)^2]."""
+    return 0.5 * (fake_logits - 1.0).pow(2).mean()
+
+
+def wasserstein_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """WGAN critic (Arjovsky et al. 2017, eq. 3): maximise E_x[D(x)] - E_z[D(G(z))], i.e. minimise
+    E_z[D(G(z))] - E_x[D(x)]. Meaningful only for a Lipschitz critic: add ``gradient_penalty``
+    (or use spectral normalization)."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def wasserstein_g_loss(fake_logits: Tensor) -> Tensor:
+    """WGAN generator (Arjovsky et al. 2017, eq. 3): minimise -E_z[D(G(z))]."""
+    return -fake_logits.mean()
+
+
+def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Hinge loss, discriminator (Lim & Ye 2017; Miyato et al. 2018, eq. 16):
+    E_x[max(0, 1 - D(x))] + E_z[max(0, 1 + D(G(z)))]."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: Tensor) -> Tensor:
+    """Hinge loss, generator (Miyato et al. 2018, eq. 17): -E_z[D(G(z))]."""
+    return -fake_logits.mean()
+
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
+                     eps: Tensor | None = None) -> Tensor:
+    """WGAN-GP's penalty (Gulrajani et al. 2017, eq. 3): E_xhat[(||grad_xhat D(xhat)||_2 - 1)^2]
+    at xhat = eps * x + (1 - eps) * G(z), eps ~ U[0, 1] per image (their Algorithm 1).
+
+    Built with ``create_graph=True`` so that the penalty can be back-propagated into the critic;
+    the caller multiplies by lambda (10 in the paper). ``eps`` (shape (B,) or broadcastable to the
+    images) may be given for reproducibility; otherwise it comes from the global RNG.
+    """
+    if eps is None:
+        eps = torch.rand(real.shape[0], device=real.device)
+    eps = eps.reshape(-1, *([1] * (real.dim() - 1))) if eps.dim() == 1 else eps
+    x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
+
+
+def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+    """R1 regulariser (Mescheder et al. 2018, eq. 9 without the gamma/2): E_x[||grad_x D(x)||^2]
+    on real data. ``real`` must have ``requires_grad`` set before ``real_logits = D(real)``; the
+    caller multiplies by gamma / 2."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
 class GANLoss(NamedTuple):
     """An adversarial objective as a (discriminator loss, generator loss) pair."""
 
@@ -88,6 +209,9 @@ class GANLoss(NamedTuple):
 GAN_LOSSES: dict[str, GANLoss] = {
     "minimax": GANLoss(minimax_d_loss, minimax_g_loss),
     "non-saturating": GANLoss(minimax_d_loss, non_saturating_g_loss),
+    "least-squares": GANLoss(least_squares_d_loss, least_squares_g_loss),
+    "wasserstein": GANLoss(wasserstein_d_loss, wasserstein_g_loss),
+    "hinge": GANLoss(hinge_d_loss, hinge_g_loss),
 }
 
 

@@ -43,8 +43,8 @@ class MLPVAE(GenerativeModel):
         self.decoder = mlp([config.z_dim, *reversed(hidden), self.x_dim], config.activation)
 
     # -- the VAE's own interface -------------------------------------------------------------
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """q(z|x) = N(mu, diag(exp(logvar))) for images x in [0, 1]."""
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q(z|x) = N(mu, diag(exp(logvar))) for images x in [0, 1] (``labels``: unused, unconditional)."""
         h = self.encoder(x.flatten(1))
         return self.mu_head(h), self.logvar_head(h)
 
@@ -55,7 +55,7 @@ class MLPVAE(GenerativeModel):
         """The decoder's mean image, in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z))
 
-    def log_px_given_z(self, x: Tensor, z: Tensor) -> Tensor:
+    def log_px_given_z(self, x: Tensor, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """log p(x|z) per image, in nats (Bernoulli decoder); z of shape (B, z_dim) for x of (B, C, H, W)."""
         return -losses.bernoulli_nll(self.decode_logits(z), x)
 
@@ -68,7 +68,7 @@ class MLPVAE(GenerativeModel):
         return {"recon": recon, "kl": kl, "neg_elbo": losses.negative_elbo(recon, kl, self.config.beta)}
 
     @torch.no_grad()
-    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def elbo(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Single-sample ELBO estimate per image, in nats (a lower bound on log p(x))."""
         mu, logvar = self.encode(x)
         noise = randn(tuple(mu.shape), generator, mu.device)
@@ -77,7 +77,7 @@ class MLPVAE(GenerativeModel):
         return -(recon + losses.gaussian_kl(mu, logvar))
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Decode the posterior mean: the model's reconstruction of x, in [0, 1]."""
         mu, _ = self.encode(x)
         return self.decode(mu)
@@ -111,5 +111,5 @@ class MLPVAE(GenerativeModel):
             x = as_float_images(images[i:i + batch_size])
             if self.config.binarize:  # stochastic binarization of the test set, seeded by `generator`
                 x = torch.bernoulli(x, generator=generator)
-            total += self.elbo(x, generator).double().sum()
+            total += self.elbo(x, generator=generator).double().sum()
         return {"test_elbo": (total / images.shape[0]).item()}
