@@ -96,3 +96,19 @@ def test_reconstruct_on_a_gan_says_only_vaes_reconstruct(tmp_path):
     assert genlab("train", "seed-gan", "--epochs", "1", "--out", run, "--no-progress").returncode == 0
     r = genlab("reconstruct", run)
     assert r.returncode == 2 and "only VAEs" in r.stderr
+
+
+def test_conditional_sampling_by_label_and_one_row_per_class(tmp_path, vae_run):
+    run = tmp_path / "cgan"
+    r = genlab("train", "cgan", "--epochs", "1", "--out", run, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = genlab("sample", run, "--per-class", "3", "-o", tmp_path / "rows.png")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "rows.png").size == (3 * 34 + 2, 10 * 34 + 2)  # 10 rows of 3
+    r = genlab("sample", run, "--label", "3", "-n", "5", "-o", tmp_path / "three.npz")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "three.npz")["images"].shape == (5, 1, 8, 8)
+    r = genlab("sample", run, "--label", "12")
+    assert r.returncode == 2 and "between 0 and 9" in r.stderr
+    r = genlab("sample", vae_run, "--label", "1")
+    assert r.returncode == 2 and "unconditional" in r.stderr

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--output", help="output .png or .npz (default RUN/samples/sample.png)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--label", type=int, metavar="Y", help="conditional models: draw every sample from class Y")
+    p.add_argument("--per-class", type=int, metavar="M",
+                   help="conditional models: M samples of every class, one row per class (ignores -n)")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("reconstruct", help="VAEs: test images beside their reconstructions", description=(
@@ -169,13 +172,27 @@ def cmd_sample(args) -> int:
         raise GenlabError("-n must be at least 1")
     model = load(args.run, device=args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    images = model.sample(args.num, generator=gen).cpu()
+    labels, nrow = None, None
+    if args.label is not None or args.per_class:
+        k = getattr(model, "label_dim", 0)
+        if not k:
+            raise GenlabError(f"{args.run} holds an unconditional model ({model.run_config['name']}); --label and "
+                              "--per-class need a conditional one, e.g. `genlab train cgan` or `genlab train cvae`.")
+        if args.per_class:
+            labels, nrow = torch.arange(k).repeat_interleave(args.per_class), args.per_class
+            args.num = len(labels)
+        else:
+            if not 0 <= args.label < k:
+                names = model.run_config["data"].get("class_names") or list(range(k))
+                raise GenlabError(f"--label must be between 0 and {k - 1} (classes: {', '.join(map(str, names))})")
+            labels = torch.full((args.num,), args.label, dtype=torch.long)
+    images = model.sample(args.num, labels=labels, generator=gen).cpu()
     out = Path(args.output) if args.output else Path(args.run) / "samples" / "sample.png"
     if out.suffix.lower() == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, images=images.numpy().astype(np.float32))
     elif out.suffix.lower() == ".png":
-        save_grid(images, out)
+        save_grid(images, out, nrow=nrow)
     else:
         raise GenlabError(f"output {out} must end in .png (a grid) or .npz (raw samples)")
     print(f"wrote {args.num} samples to {out}")
