@@ -1,4 +1,4 @@
-"""`genlab demo`: the seed document's two models on the bundled digits, in about a minute."""
+"""`genlab demo`: the seed document's two models on the bundled digits, in under a minute."""
 from __future__ import annotations
 
 import time
