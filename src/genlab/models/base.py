@@ -63,10 +63,39 @@ class GenerativeModel(nn.Module):
         """One update on ``batch``. Returns detached scalar tensors (read back only when logged)."""
         raise NotImplementedError
 
+    # -- the latent interface (interpolation, traversal, truncation and samples all use it) ----
+    @property
+    def latent_dim(self) -> int:
+        """Size of the latent vector z that ``decode_latent`` maps to an image."""
+        return int(self.config.z_dim)
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` latent vectors from the model's prior p(z): N(0, I) unless a model overrides it."""
+        return randn((n, self.latent_dim), generator, self.device)
+
+    @torch.no_grad()
+    def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Images (float in [0, 1], (B, C, H, W)) for latent vectors z (B, latent_dim): a VAE's
+        decoder mean, a GAN's generator (its EMA copy where one is kept). Conditional models need
+        ``labels``."""
+        raise NotImplementedError
+
+    @property
+    def conditional(self) -> bool:
+        """True when sampling takes a class label."""
+        return bool(getattr(self, "label_dim", 0))
+
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` new images, float in [0, 1], shape (n, C, H, W)."""
-        raise NotImplementedError
+        """``n`` new images, float in [0, 1], shape (n, C, H, W): ``decode_latent`` at z drawn from
+        the prior; a conditional model cycles through the classes when ``labels`` is None."""
+        z = self.prior_sample(n, generator)
+        if self.conditional:
+            from ..nets import cycle_labels
+            labels = cycle_labels(n, self.num_classes, self.device) if labels is None else labels.to(self.device)
+        else:
+            labels = None
+        return self.decode_latent(z, labels)
 
     @torch.no_grad()
     def evaluate(self, images: Tensor, labels: Tensor | None = None,

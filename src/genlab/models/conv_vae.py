@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import GenlabError
-from ..nets import ConvDecoder, ConvEncoder, cycle_labels, one_hot, require_labels
+from ..nets import ConvDecoder, ConvEncoder, one_hot, require_labels
 from . import losses
 from .base import Batch, GenerativeModel, as_float_images, randn
 
@@ -194,12 +194,8 @@ class ConvVAE(GenerativeModel):
         return logs
 
     @torch.no_grad()
-    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Decoder means at z ~ N(0, I); a conditional model cycles through the classes when
-        ``labels`` is None."""
-        z = randn((n, self.config.z_dim), generator, self.device)
-        if self.label_dim:
-            labels = cycle_labels(n, self.label_dim, self.device) if labels is None else labels.to(self.device)
+    def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The decoder's mean image at z (sample() draws z from the prior)."""
         return self.decode(z, labels if self.label_dim else None)
 
     @torch.no_grad()

@@ -23,7 +23,6 @@ from ..errors import GenlabError
 from ..nets import (
     ConvDecoder,
     ConvDiscriminator,
-    cycle_labels,
     dcgan_init,
     ema_update,
     has_batchnorm,
@@ -31,7 +30,7 @@ from ..nets import (
     require_labels,
 )
 from . import losses
-from .base import Batch, GenerativeModel, randn
+from .base import Batch, GenerativeModel
 
 PROBABILITY_LOSSES = ("minimax", "non-saturating")  # losses whose D output is a logit of D(x)
 
@@ -172,10 +171,6 @@ class DCGAN(GenerativeModel):
         return logs
 
     @torch.no_grad()
-    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` images from the EMA generator if kept (else G); a conditional model cycles through
-        the classes when ``labels`` is None."""
-        z = randn((n, self.config.z_dim), generator, self.device)
-        if self.label_dim and labels is None:
-            labels = cycle_labels(n, self.label_dim, self.device)
+    def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """G(z, y) of the EMA generator if kept (else G)."""
         return self.generate(z, labels.to(self.device) if labels is not None else None, ema=True)

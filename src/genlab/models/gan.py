@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..nets import mlp
 from . import losses
-from .base import Batch, GenerativeModel, randn
+from .base import Batch, GenerativeModel
 
 
 @dataclass
@@ -91,5 +91,5 @@ class MLPGAN(GenerativeModel):
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "d_real": d_real, "d_fake": d_fake}
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, generator=None) -> Tensor:
-        return self.generate(randn((n, self.config.z_dim), generator, self.device))
+    def decode_latent(self, z: Tensor, labels=None) -> Tensor:
+        return self.generate(z)

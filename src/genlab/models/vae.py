@@ -100,9 +100,8 @@ class MLPVAE(GenerativeModel):
         return {"loss": loss.detach() / n, "recon": terms["recon"].detach().mean(), "kl": terms["kl"].detach().mean()}
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, generator=None) -> Tensor:
-        z = randn((n, self.config.z_dim), generator, self.device)  # z ~ p(z) = N(0, I)
-        return self.decode(z)
+    def decode_latent(self, z: Tensor, labels=None) -> Tensor:
+        return self.decode(z)  # sample() draws z ~ p(z) = N(0, I)
 
     @torch.no_grad()
     def evaluate(self, images: Tensor, labels=None, generator=None, batch_size: int = 2000) -> dict[str, float]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..nets import ConvDecoder, ConvDiscriminator, ConvEncoder, dcgan_init
 from . import losses
-from .base import Batch, GenerativeModel, as_float_images, randn
+from .base import Batch, GenerativeModel, as_float_images
 
 
 @dataclass
@@ -121,8 +121,8 @@ class VAEGAN(GenerativeModel):
                 "kl": prior.detach()}
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, generator: torch.Generator | None = None) -> Tensor:
-        return self.decode(randn((n, self.config.z_dim), generator, self.device))  # Dec(z), z ~ N(0, I)
+    def decode_latent(self, z: Tensor, labels=None) -> Tensor:
+        return self.decode(z)  # Dec(z); sample() draws z ~ N(0, I)
 
     @torch.no_grad()
     def evaluate(self, images: Tensor, labels=None, generator=None, batch_size: int = 1000) -> dict[str, float]:
