@@ -43,7 +43,7 @@ def log_weights(model, x: Tensor, eps: Tensor, mu: Tensor | None = None, logvar:
     xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
     ys = None if labels is None else labels.unsqueeze(0).expand(s, b).reshape(s * b)
     log_px_z = model.log_px_given_z(xs, z.reshape(s * b, zd), ys).reshape(s, b)
-    log_pz = _std_normal_logpdf(z)
+    log_pz = model.log_prior(z) if hasattr(model, "log_prior") else _std_normal_logpdf(z)
     log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar[None]).sum(-1)  # log N(z; mu, sigma^2), z - mu = sigma * eps
     return log_px_z + log_pz - log_qz, log_px_z
 
@@ -63,7 +63,9 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
     ``images``: uint8 (N, C, H, W) (or float in [0, 1]). ``k``: importance samples per image
     (k = 1 gives only the ELBO's sample). Batched over ``batch_images`` images at once and over
     sample chunks of ``max_rows // batch_images`` samples. ELBO = E_q[log p(x|z)] (mean over the k
-    samples) - KL(q || p) (closed form).
+    samples) - KL(q || p) (closed form for the standard-normal prior; for a learned prior, e.g. the
+    fitted mixture of ``prior="gmm"``, the mean of log w over the k samples). log p(z) is the
+    model's own ``log_prior``: the NLL is that of the prior genlab samples from.
     """
     if not (hasattr(model, "encode") and hasattr(model, "log_px_given_z")):
         raise GenlabError(f"{type(model).__name__} has no encode/log_px_given_z; likelihoods are for VAEs only.")
@@ -92,6 +94,7 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
         chunk = max(1, min(k, max_rows // b))
         lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
         recon_sum = torch.zeros(b, dtype=torch.float64, device=device)
+        lw_sum = torch.zeros(b, dtype=torch.float64, device=device)
         done = 0
         while done < k:
             s = min(chunk, k - done)
@@ -99,10 +102,13 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
             lw, log_px_z = log_weights(model, x, eps, mu, logvar, y)
             lse = torch.logaddexp(lse, torch.logsumexp(lw.double(), 0))
             recon_sum += log_px_z.double().sum(0)
+            lw_sum += lw.double().sum(0)
             done += s
-        kl = gaussian_kl(mu, logvar).double()
         nll[i:i + b] = -(lse - math.log(k)).cpu()
-        elbo[i:i + b] = (recon_sum / k - kl).cpu()
+        if getattr(model, "has_standard_normal_prior", True):  # KL(q || N(0, I)) in closed form
+            elbo[i:i + b] = (recon_sum / k - gaussian_kl(mu, logvar).double()).cpu()
+        else:  # a learned prior has no closed-form KL: the k-sample Monte Carlo mean of log w
+            elbo[i:i + b] = (lw_sum / k).cpu()
         if bar is not None:
             bar.update(b)
     if bar is not None:

@@ -6,6 +6,7 @@ steps), so a single Trainer drives VAEs, GANs and their hybrids alike.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -69,9 +70,18 @@ class GenerativeModel(nn.Module):
         """Size of the latent vector z that ``decode_latent`` maps to an image."""
         return int(self.config.z_dim)
 
+    @property
+    def has_standard_normal_prior(self) -> bool:
+        """True when p(z) = N(0, I) (closed-form KL, truncation trick); False for a learned prior."""
+        return True
+
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` latent vectors from the model's prior p(z): N(0, I) unless a model overrides it."""
         return randn((n, self.latent_dim), generator, self.device)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(z) over the last dimension of z: the standard normal unless a model overrides it."""
+        return -0.5 * (z.pow(2) + math.log(2.0 * math.pi)).sum(-1)
 
     @torch.no_grad()
     def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:

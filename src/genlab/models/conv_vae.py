@@ -8,6 +8,11 @@ objective  -ELBO = E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)), beta warmed up 
            (beta-VAE: Higgins et al. 2017; warm-up: Bowman et al. 2016, Sonderby et al. 2016);
            or with iwae_k > 1 the importance-weighted bound of Burda et al. 2015.
 conditional  label y into both networks (Sohn et al. 2015, the CVAE).
+prior      "normal": p(z) = N(0, I); "gmm": after every epoch a Gaussian mixture is fitted to
+           codes z ~ q(z|x) of (a seeded subset of) the training images and replaces N(0, I) for
+           sampling and likelihoods - ex-post density estimation (Ghosh et al. 2020, section 4),
+           which fills the "holes" between the aggregate posterior and N(0, I). Training itself
+           always regularises q towards N(0, I).
 
 Beside the common interface, a VAE offers encode, decode, reconstruct, elbo and
 ``log_px_given_z(x, z, labels=None)`` -> log p(x|z) per image: with encode it is all an
@@ -25,6 +30,9 @@ from ..errors import GenlabError
 from ..nets import ConvDecoder, ConvEncoder, one_hot, require_labels
 from . import losses
 from .base import Batch, GenerativeModel, as_float_images, randn
+from .priors import GaussianMixturePrior
+
+PRIORS = ("normal", "gmm")
 
 LOGVAR_MIN = -9.0  # a learned Gaussian variance below (1/90)^2 would let the density grow without bound
 LOG_SCALE_MIN = -7.0  # the logistic's scale floor (well below one pixel bin, 1/255)
@@ -44,6 +52,9 @@ class ConvVAEConfig:
     iwae_k: int = 1  # importance samples of the training bound; 1 = the ELBO
     conditional: bool = False  # the CVAE: q(z | x, y) and p(x | z, y)
     batchnorm: bool = False  # BatchNorm in both networks (makes log p(x|z) depend on the mode)
+    prior: str = "normal"  # "normal" (N(0, I)) or "gmm" (a mixture fitted to the encoded training set)
+    prior_components: int = 10  # mixture components of prior="gmm" (10 in Ghosh et al. 2020)
+    prior_fit_images: int = 20_000  # training images encoded for each fit (a seeded subset)
     lr: float = 1e-3
 
 
@@ -62,6 +73,14 @@ class ConvVAE(GenerativeModel):
                               f"{num_classes}. Use conv-vae, or labelled data.")
         if c.iwae_k < 1:
             raise GenlabError(f"iwae_k must be at least 1, got {c.iwae_k}.")
+        if c.prior not in PRIORS:
+            raise GenlabError(f"unknown prior {c.prior!r}; choose one of: {', '.join(PRIORS)}")
+        if c.prior == "gmm" and c.conditional:
+            raise GenlabError("prior=gmm fits one mixture to every class's codes, but a conditional VAE's "
+                              "prior is p(z|y): use prior=normal with conditional=true.")
+        if c.prior == "gmm" and (c.prior_components < 1 or c.prior_fit_images < 2 * c.prior_components):
+            raise GenlabError("prior=gmm needs prior_components >= 1 and prior_fit_images >= 2 * components; "
+                              f"got {c.prior_components} and {c.prior_fit_images}.")
         self.label_dim = num_classes if c.conditional else 0
         self.maps = 1 if c.likelihood == "gaussian" and c.gaussian_std > 0 else DECODER_MAPS[c.likelihood]
         self.encoder = ConvEncoder(self.image_shape, c.width, c.batchnorm)
@@ -69,6 +88,42 @@ class ConvVAE(GenerativeModel):
         self.logvar_head = nn.Linear(self.encoder.out_features + self.label_dim, c.z_dim)
         self.decoder = ConvDecoder(c.z_dim + self.label_dim, self.maps * self.image_shape[0], self.image_shape,
                                    c.width, c.batchnorm)
+        self.prior = GaussianMixturePrior(c.z_dim, c.prior_components) if c.prior == "gmm" else None
+
+    # -- the prior -----------------------------------------------------------------------------
+    @property
+    def has_standard_normal_prior(self) -> bool:
+        return self.prior is None or not self.prior.is_fitted
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        if self.prior is None:
+            return super().prior_sample(n, generator)
+        return self.prior.sample(n, generator)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        return super().log_prior(z) if self.prior is None else self.prior.log_prob(z)
+
+    @torch.no_grad()
+    def fit_prior(self, images: Tensor, labels: Tensor | None = None, seed: int = 0,
+                  batch_size: int = 1000) -> dict[str, float]:
+        """prior="gmm": fit the mixture to one draw z ~ q(z|x) for each of ``prior_fit_images``
+        training images (a subset drawn with ``seed``): a density estimate of the aggregate
+        posterior, the prior that maximises the ELBO for the given encoder (Hoffman & Johnson
+        2016). The Trainer calls this at the end of every epoch. No-op for the standard normal."""
+        if self.prior is None:
+            return {}
+        was_training = self.training
+        self.eval()
+        n = images.shape[0]
+        m = min(n, self.config.prior_fit_images)
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n, generator=gen)[:m].to(images.device)
+        codes = []
+        for i in range(0, m, batch_size):
+            mu, logvar = self.encode(as_float_images(images[idx[i:i + batch_size]]).to(self.device))
+            codes.append(losses.reparameterize(mu, logvar, randn(tuple(mu.shape), gen, mu.device)))
+        self.train(was_training)
+        return self.prior.fit(torch.cat(codes), seed=seed)
 
     # -- the VAE's own interface -------------------------------------------------------------
     def _with_labels(self, h: Tensor, labels: Tensor | None) -> Tensor:
@@ -146,7 +201,7 @@ class ConvVAE(GenerativeModel):
         z = losses.reparameterize(mu, logvar, noise)  # (k, B, z_dim)
         flat_labels = None if labels is None else labels.repeat(k)
         log_px = self.log_px_given_z(x.repeat(k, 1, 1, 1), z.flatten(0, 1), flat_labels).view(k, -1)
-        log_pz = losses.log_normal(z, torch.zeros_like(z), torch.zeros_like(z))  # p(z) = N(0, I)
+        log_pz = self.log_prior(z)  # N(0, I), or the fitted mixture
         log_qz = losses.log_normal(z, mu, logvar)
         return log_px + beta * (log_pz - log_qz)
 
@@ -158,10 +213,14 @@ class ConvVAE(GenerativeModel):
 
     @torch.no_grad()
     def elbo(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Single-sample ELBO estimate per image (analytic KL), in nats: a lower bound on log p(x)."""
-        mu, _ = self.encode(x, labels)
+        """Single-sample ELBO estimate per image, in nats: a lower bound on log p(x) (KL in closed
+        form for N(0, I), a one-sample estimate for a fitted mixture prior)."""
+        mu, logvar = self.encode(x, labels)
         noise = randn(tuple(mu.shape), generator, mu.device)
-        return -self.loss_terms(x, labels, noise, beta=1.0)["neg_elbo"]
+        if self.has_standard_normal_prior:
+            return -self.loss_terms(x, labels, noise, beta=1.0)["neg_elbo"]
+        z = losses.reparameterize(mu, logvar, noise)  # one-sample KL: log q(z|x) - log p(z)
+        return self.log_px_given_z(x, z, labels) + self.log_prior(z) - losses.log_normal(z, mu, logvar)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -37,6 +37,7 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in all
+    max_seconds: float | None = None  # stop (with a checkpoint and a sample grid) after this much training time in all
     log_every: int = 50  # steps between metrics.jsonl lines
     sample_every: int = 1  # epochs between sample grids (0: only at the end)
     num_samples: int = 64  # images in each grid, at fixed noise
@@ -153,15 +154,17 @@ class Trainer:
         if self.is_main:
             tqdm.write(msg)
 
-    def sample_grid(self) -> Path | None:
-        """Samples at the run's fixed noise (same every epoch), saved as samples/epoch-XXXX.png."""
+    def sample_grid(self, epoch: int | None = None) -> Path | None:
+        """Samples at the run's fixed noise (same every epoch), saved as samples/epoch-XXXX.png
+        (XXXX: ``epoch``, by default the number of completed epochs)."""
         if not self.is_main:
             return None
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.model.eval()
         images = self.model.sample(self.config.num_samples, generator=gen)
         self.model.train()
-        return save_grid(images, self.run_dir / "samples" / f"epoch-{self.state.epoch:04d}.png")
+        epoch = self.state.epoch if epoch is None else epoch
+        return save_grid(images, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")
 
     def evaluate(self) -> dict[str, float]:
         test = self.dataset.test
@@ -176,7 +179,8 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> str:
-        """Train until ``epochs`` (or ``max_steps``). Returns "completed", "max_steps" or "interrupted"."""
+        """Train until ``epochs`` (or ``max_steps``, or ``max_seconds`` of training time). Returns "completed",
+        "max_steps", "max_seconds" or "interrupted"."""
         cfg, st = self.config, self.state
         train = self.dataset.train
         batches = BatchIterator(train.images.to(self.device),
@@ -191,6 +195,8 @@ class Trainer:
             total = min(total, cfg.max_steps)
         if st.step >= total:
             return "completed" if st.epoch >= cfg.epochs else "max_steps"
+        if cfg.max_seconds is not None and st.train_seconds >= cfg.max_seconds:
+            return "max_seconds"
         self.model.train()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -243,6 +249,9 @@ class Trainer:
                         status = "interrupted"
                     elif cfg.max_steps is not None and st.step >= cfg.max_steps:
                         status = "max_steps"
+                    elif (cfg.max_seconds is not None
+                          and st.train_seconds + time.perf_counter() - t0 >= cfg.max_seconds):
+                        status = "max_seconds"
                     if status != "completed":
                         break
                 st.train_seconds += time.perf_counter() - t0
@@ -253,14 +262,30 @@ class Trainer:
                     st.batch_in_epoch = 0
                     epoch_start_state = self.shuffle.get_state()  # == the next epoch's start
                     self._end_of_epoch(last=st.epoch == cfg.epochs or status != "completed")
+                else:  # stopped inside an epoch: the saved model's prior matches its weights
+                    self._fit_prior()
+                    if status == "max_seconds":
+                        self._stopped_mid_epoch(steps_per_epoch)
                 self.save(epoch_start_state)
         bar.close()
         return status
 
+    def _fit_prior(self) -> dict[str, float]:
+        """Models with a learned prior fitted to the encoded training set (``fit_prior``) refit it;
+        the seconds it takes count as training time."""
+        if not hasattr(self.model, "fit_prior"):
+            return {}
+        t0 = time.perf_counter()
+        out = self.model.fit_prior(self.dataset.train.images, self.dataset.train.labels, seed=self.config.seed)
+        self.state.train_seconds += time.perf_counter() - t0
+        return out
+
     def _end_of_epoch(self, last: bool) -> None:
         cfg, st = self.config, self.state
+        fit = self._fit_prior()
         record: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "event": "epoch_end",
                                   "images": st.images_seen, "time": round(st.train_seconds, 3)}
+        record.update(fit)
         record.update(self.evaluate())
         if last or (cfg.sample_every and st.epoch % cfg.sample_every == 0):
             path = self.sample_grid()
@@ -271,6 +296,17 @@ class Trainer:
             return  # about 20 epoch lines per run
         extra = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "time")
         self._say(f"epoch {st.epoch}/{cfg.epochs}  step {st.step}  {extra}".rstrip())
+
+    def _stopped_mid_epoch(self, steps_per_epoch: int) -> None:
+        """At the time limit inside an epoch: a grid of the epoch in progress (the epoch's own grid
+        replaces it if the run is resumed) and a log line saying where the run stopped."""
+        st = self.state
+        record: dict[str, Any] = {"step": st.step, "epoch": round(st.step / steps_per_epoch, 4),
+                                  "event": "max_seconds", "images": st.images_seen, "time": round(st.train_seconds, 3)}
+        path = self.sample_grid(epoch=st.epoch + 1)
+        if path is not None:
+            record["samples"] = str(path.relative_to(self.run_dir))
+        self._write_metrics(record)
 
     def _check_finite(self, logs: dict[str, torch.Tensor]) -> None:
         if not logs:
