@@ -30,7 +30,7 @@ __all__ = ["train", "resume", "load", "TrainResult"]
 class TrainResult:
     run_dir: Path
     model: GenerativeModel
-    status: str  # "completed", "max_steps" or "interrupted"
+    status: str  # "completed", "max_steps", "max_seconds" or "interrupted"
     state: TrainState
     samples: Path | None  # the newest sample grid
 
@@ -65,12 +65,14 @@ def _prepare_run_dir(out: str | Path | None, default_name: str, runs_root: str |
 
 def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | None = None,
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
-          max_steps: int | None = None, data_dir: str | Path | None = None, image_size: int | None = None,
-          channels: int | None = None, device: str = "auto", progress: bool = True, overwrite: bool = False,
-          runs_root: str | Path = "runs", **model_settings: Any) -> TrainResult:
+          max_steps: int | None = None, max_seconds: float | None = None, data_dir: str | Path | None = None,
+          image_size: int | None = None, channels: int | None = None, device: str = "auto", progress: bool = True,
+          overwrite: bool = False, runs_root: str | Path = "runs", **model_settings: Any) -> TrainResult:
     """Train a model or preset (see ``genlab models``) on a data source (see ``genlab datasets``).
 
     ``model_settings`` override fields of the model's config dataclass (e.g. ``g_loss="minimax"``).
+    ``max_steps`` / ``max_seconds`` stop the run early (with a checkpoint) after that many steps / seconds
+    of training time in all.
     Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken).
     """
     preset = resolve(model)
@@ -79,11 +81,13 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     if lr is not None:
         settings["lr"] = lr
     model_cfg = make_config(preset.model, settings)
-    overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps}
+    overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "max_seconds": max_seconds}
     train_cfg = TrainConfig(**{**preset.train, **{k: v for k, v in overrides.items() if v is not None},
                                "seed": seed, "device": device})
     if train_cfg.epochs < 1 or train_cfg.batch_size < 1:
         raise GenlabError("--epochs and --batch-size must be at least 1.")
+    if max_seconds is not None and max_seconds <= 0:
+        raise GenlabError(f"the training time limit must be positive, got {max_seconds} s.")
     data_tag = dataset.name.split(":", 1)[0] if ":" in dataset.name else dataset.name
     run_dir = _prepare_run_dir(out, f"{preset.name}-{data_tag}", runs_root, overwrite)
     torch.manual_seed(seed)  # weight initialisation
@@ -99,14 +103,16 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | None = None,
-           device: str | None = None, progress: bool = True) -> TrainResult:
-    """Continue a stopped run from its last checkpoint; ``epochs``/``max_steps`` may extend it."""
+           max_seconds: float | None = None, device: str | None = None, progress: bool = True) -> TrainResult:
+    """Continue a stopped run from its last checkpoint; ``epochs`` may extend it, ``max_steps`` /
+    ``max_seconds`` (steps / training seconds in all, counting those before the stop) limit it."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     train_cfg = train_config_from(config)
     if epochs is not None:
         train_cfg.epochs = epochs
-    train_cfg.max_steps = max_steps  # a stop at max_steps is not a limit for the continuation
+    train_cfg.max_steps = max_steps  # a stop at max_steps (or max_seconds) is not a limit for the continuation
+    train_cfg.max_seconds = max_seconds
     if device is not None:
         train_cfg.device = device
     dataset = load_run_dataset(config, progress=progress)
