@@ -1,0 +1,226 @@
+"""Latent-space tools on the common model interface (``latent_dim``, ``prior_sample``, ``decode_latent``).
+
+* interpolation between two latents, linear (lerp) or spherical (slerp: Shoemake 1985, "Animating
+  rotation with quaternion curves"; recommended for Gaussian latents by White 2016, "Sampling
+  generative networks"), between test images' posterior means (VAEs) or prior draws (any model);
+* traversal: one latent dimension varied at a time around a base latent (VAEs: by default the
+  dimensions that carry the most KL on the test set, the ones the model actually uses);
+* the truncation trick (Brock et al. 2019, "Large scale GAN training ...", section 3.1): latent
+  components with |z| > T are resampled, trading diversity for typicality.
+
+Every function returns images as float in [0, 1], (N, C, H, W), ready for ``viz.grid``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import GenlabError
+from ..models.base import GenerativeModel, as_float_images
+
+METHODS = ("lerp", "slerp")
+# Below this sin(angle) two latents are treated as parallel and slerp falls back to lerp.
+SLERP_PARALLEL_EPS = 1e-6
+# Rounds of resampling before the remaining components of a truncated draw are taken by inverse CDF.
+TRUNCATION_RESAMPLE_ROUNDS = 200
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+def lerp(a: Tensor, b: Tensor, t: Tensor | float) -> Tensor:
+    """(1 - t) a + t b, broadcasting t over the last dimension of a and b."""
+    t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
+    if t.dim():
+        t = t.unsqueeze(-1)
+    return (1 - t) * a + t * b
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor | float) -> Tensor:
+    """Spherical interpolation (Shoemake 1985; White 2016, eq. 1) between rows of a and b (..., D):
+
+        slerp(a, b; t) = sin((1 - t) w) / sin(w) a + sin(t w) / sin(w) b,   cos w = <a, b> / (|a| |b|)
+
+    t = 0 gives a, t = 1 gives b, and between unit vectors the path stays on the unit sphere. For
+    (nearly) parallel or antiparallel rows, where the great circle is undefined or sin w ~ 0, lerp is used.
+    """
+    t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
+    if t.dim():
+        t = t.unsqueeze(-1)
+    a64, b64, t64 = a.double(), b.double(), t.double()
+    cos = (a64 * b64).sum(-1, keepdim=True) / (a64.norm(dim=-1, keepdim=True) * b64.norm(dim=-1, keepdim=True)
+                                               ).clamp_min(1e-30)
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))
+    so = torch.sin(omega)
+    parallel = so.abs() < SLERP_PARALLEL_EPS
+    safe = torch.where(parallel, torch.ones_like(so), so)
+    out = torch.sin((1 - t64) * omega) / safe * a64 + torch.sin(t64 * omega) / safe * b64
+    out = torch.where(parallel, (1 - t64) * a64 + t64 * b64, out)
+    return out.to(a.dtype)
+
+
+def interpolate(a: Tensor, b: Tensor, steps: int, method: str = "slerp") -> Tensor:
+    """``steps`` latents from a to b inclusive for each pair of rows: (P, D), (P, D) -> (P, steps, D)."""
+    if method not in METHODS:
+        raise GenlabError(f"unknown interpolation method {method!r}; choose one of: {', '.join(METHODS)}.")
+    if steps < 2:
+        raise GenlabError(f"an interpolation needs at least 2 steps (its two ends), got {steps}.")
+    t = torch.linspace(0, 1, steps, dtype=a.dtype, device=a.device)
+    fn = lerp if method == "lerp" else slerp
+    return fn(a[:, None, :], b[:, None, :], t[None, :])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def has_encoder(model: GenerativeModel) -> bool:
+    """VAEs (and the VAE-GAN) map images to latents; GANs do not."""
+    return hasattr(model, "encode")
+
+
+def standard_normal_prior(model: GenerativeModel) -> bool:
+    """Whether the model samples z from N(0, I), so truncation is meaningful: what the model declares in
+    ``has_standard_normal_prior`` when its class says it; otherwise a class that overrides ``prior_sample``
+    is taken to have a prior of its own."""
+    if type(model).has_standard_normal_prior is not GenerativeModel.has_standard_normal_prior:
+        return bool(model.has_standard_normal_prior)
+    return type(model).prior_sample is GenerativeModel.prior_sample
+
+
+def row_labels(model: GenerativeModel, rows: int, label: int | None = None) -> Tensor | None:
+    """One class label per row for a conditional model (``label`` for all, else 0, 1, 2 ...), else None."""
+    if not model.conditional:
+        if label is not None:
+            raise GenlabError(f"this model ({type(model).__name__}) is unconditional; --label needs a conditional "
+                              "one (cgan, cvae).")
+        return None
+    if label is not None:
+        check_label(model, label)
+        return torch.full((rows,), int(label), dtype=torch.long)
+    return torch.arange(rows) % model.num_classes
+
+
+def check_label(model: GenerativeModel, label: int) -> None:
+    if not 0 <= label < model.num_classes:
+        raise GenlabError(f"--label must be between 0 and {model.num_classes - 1}, got {label}.")
+
+
+def image_split(dataset):
+    """The split latent tools read images from: test, or train where a dataset has no test split."""
+    return dataset.test if len(dataset.test) else dataset.train
+
+
+def check_indices(indices: list[int], n: int, what: str = "--images") -> None:
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise GenlabError(f"{what}: index {bad[0]} is out of range; the test split has {n} images (0..{n - 1}).")
+
+
+@torch.no_grad()
+def posterior_means(model: GenerativeModel, images: Tensor, labels: Tensor | None = None) -> Tensor:
+    """mu of q(z | x [, y]) for images (uint8 or float in [0, 1]); only for models with an encoder."""
+    if not has_encoder(model):
+        raise GenlabError(f"{type(model).__name__} is a {model.family.upper()}: GANs have no encoder, so images "
+                          "cannot be mapped to latents. Interpolate between noise vectors (--random) instead.")
+    x = as_float_images(images).to(model.device)
+    y = labels.to(model.device) if (labels is not None and model.conditional) else None
+    mu, _ = model.encode(x, y)
+    return mu
+
+
+@torch.no_grad()
+def decode(model: GenerativeModel, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    """decode_latent on the model's device, with labels only for conditional models; result on CPU."""
+    y = labels.to(model.device) if (labels is not None and model.conditional) else None
+    return model.decode_latent(z.to(model.device), y).float().cpu().clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+@torch.no_grad()
+def interpolation_images(model: GenerativeModel, z0: Tensor, z1: Tensor, steps: int = 8,
+                         methods: tuple[str, ...] = ("slerp",), labels: Tensor | None = None,
+                         ends: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, int]:
+    """Rows of decoded interpolations: for each pair (z0[i], z1[i]) one row per method, ``steps`` images
+    from z0 to z1. ``labels`` (one per pair) condition conditional models; ``ends`` (two image tensors,
+    one image per pair) are shown before and after each row, e.g. the images z0 and z1 encode.
+    Returns (images, images per row)."""
+    paths = [interpolate(z0.float().cpu(), z1.float().cpu(), steps, m) for m in methods]  # each (P, S, D)
+    per_pair = []
+    for i in range(z0.shape[0]):
+        for path in paths:
+            y = None if labels is None else labels[i:i + 1].repeat(steps)
+            imgs = decode(model, path[i], y)
+            if ends is not None:
+                imgs = torch.cat([as_float_images(ends[0][i:i + 1]).cpu(), imgs, as_float_images(ends[1][i:i + 1]).cpu()])
+            per_pair.append(imgs)
+    return torch.cat(per_pair), steps + (2 if ends is not None else 0)
+
+
+@torch.no_grad()
+def kl_per_dimension(model: GenerativeModel, images: Tensor, labels: Tensor | None = None,
+                     batch_size: int = 500) -> Tensor:
+    """Average KL(q(z_d | x) || N(0, 1)) per latent dimension over ``images`` (nats), for models with an
+    encoder: dimensions near 0 are unused ("collapsed") by the posterior (Burda et al. 2015, "active units")."""
+    total = torch.zeros(model.latent_dim, dtype=torch.float64)
+    for i in range(0, images.shape[0], batch_size):
+        x = as_float_images(images[i:i + batch_size]).to(model.device)
+        y = None if (labels is None or not model.conditional) else labels[i:i + batch_size].to(model.device)
+        mu, logvar = model.encode(x, y)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+        total += kl.double().sum(0).cpu()
+    return (total / max(1, images.shape[0])).float()
+
+
+@torch.no_grad()
+def traversal_images(model: GenerativeModel, base: Tensor, dims: list[int], value_range: float = 3.0,
+                     steps: int = 9, labels: Tensor | None = None) -> Tensor:
+    """One row per dimension in ``dims``: ``base`` (latent_dim,) with that dimension set to ``steps`` values
+    evenly spaced in [-value_range, value_range], the others fixed. ``labels``: one per row (conditional)."""
+    if steps < 2:
+        raise GenlabError(f"a traversal needs at least 2 steps, got {steps}.")
+    if value_range <= 0:
+        raise GenlabError(f"--range must be positive, got {value_range}.")
+    bad = [d for d in dims if not 0 <= d < model.latent_dim]
+    if bad:
+        raise GenlabError(f"latent dimension {bad[0]} does not exist: this model's latents have "
+                          f"{model.latent_dim} dimensions (0..{model.latent_dim - 1}).")
+    values = torch.linspace(-value_range, value_range, steps)
+    rows = []
+    for r, d in enumerate(dims):
+        z = base.float().cpu().reshape(1, -1).repeat(steps, 1)
+        z[:, d] = values
+        y = None if labels is None else labels[r:r + 1].repeat(steps)
+        rows.append(decode(model, z, y))
+    return torch.cat(rows)
+
+
+def truncated_normal(n: int, dim: int, threshold: float, generator: torch.Generator | None = None) -> Tensor:
+    """N(0, I) draws (n, dim) whose components with |z| > threshold are resampled until none is
+    (the truncation trick, Brock et al. 2019). For tiny thresholds, components still outside after
+    TRUNCATION_RESAMPLE_ROUNDS rounds are drawn by inverse CDF from the same truncated normal."""
+    if not threshold > 0:
+        raise GenlabError(f"--truncation must be greater than 0, got {threshold}.")
+    z = torch.randn(n, dim, generator=generator)
+    for _ in range(TRUNCATION_RESAMPLE_ROUNDS):
+        bad = z.abs() > threshold
+        k = int(bad.sum())
+        if k == 0:
+            return z
+        z[bad] = torch.randn(k, generator=generator)
+    bad = z.abs() > threshold
+    lo = torch.special.ndtr(torch.tensor(-threshold, dtype=torch.float64))
+    u = lo + (1 - 2 * lo) * torch.rand(int(bad.sum()), generator=generator, dtype=torch.float64)
+    z[bad] = torch.special.ndtri(u).clamp(-threshold, threshold).float()
+    return z
+
+
+@torch.no_grad()
+def truncated_samples(model: GenerativeModel, n: int, threshold: float, labels: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """``n`` images decoded from truncated N(0, I) latents; only for models whose prior is N(0, I)."""
+    if not standard_normal_prior(model):
+        raise GenlabError(f"{type(model).__name__} draws its latents from its own (learned) prior, not N(0, I): "
+                          "the truncation trick is not defined for it. Sample without --truncation.")
+    z = truncated_normal(n, model.latent_dim, threshold, generator)
+    if model.conditional and labels is None:
+        labels = torch.arange(n) % model.num_classes
+    return decode(model, z, labels)
