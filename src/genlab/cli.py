@@ -1,4 +1,4 @@
-"""The ``genlab`` command line: train | sample | reconstruct | datasets | models | demo."""
+"""The ``genlab`` command line: train | sample | reconstruct | eval | compare | interpolate | traverse | ..."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,9 @@ EPILOG = """examples:
   genlab train --resume runs/seed-vae-digits   continue a stopped run
   genlab sample runs/seed-vae-digits -n 64 -o grid.png
   genlab reconstruct runs/seed-vae-digits
+  genlab compare --data fashion-mnist --models seed-vae,seed-gan,conv-vae,dcgan --budget 10m
+  genlab interpolate runs/seed-vae-digits --method both
+  genlab traverse runs/seed-vae-digits --top 8
 """
 
 
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random stream of the run (default 0)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in all (a checkpoint is saved)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop after M minutes of training time in all (a checkpoint and a sample grid are saved)")
     p.add_argument("--g-loss", choices=("non-saturating", "minimax"),
                    help="GAN generator loss (default non-saturating: strong gradients early; "
                         "minimax is the seed's eq. as written)")
@@ -76,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, metavar="Y", help="conditional models: draw every sample from class Y")
     p.add_argument("--per-class", type=int, metavar="M",
                    help="conditional models: M samples of every class, one row per class (ignores -n)")
+    p.add_argument("--truncation", type=float, metavar="T",
+                   help="the truncation trick (Brock et al. 2019): latent components with |z| > T are resampled; "
+                        "samples nearer the prior's centre, less varied. Models with an N(0, I) prior only")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("reconstruct", help="VAEs: test images beside their reconstructions", description=(
@@ -120,6 +128,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="training epochs (default: sized to the dataset)")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("compare", help="train several models under one budget, evaluate them alike, write an HTML report",
+                       description=(
+        "Train each model (or reuse run folders) on the same data under the same budget and seed, evaluate\n"
+        "each with the same evaluator and sample count, and write <out-root>/<name>/results.json and\n"
+        "report.html (one self-contained page: table, summary, samples, interpolations, curves).\n"
+        "Running the same command again reuses finished runs and resumes stopped ones."),
+        epilog="examples:\n"
+               "  genlab compare --data fashion-mnist --models seed-vae,seed-gan,conv-vae,dcgan --budget 10m\n"
+               "  genlab compare --models seed-vae,seed-gan --budget 5ep --samples 2000\n"
+               "  genlab compare --models runs/fm-conv-vae,runs/fm-dcgan      (reuse trained runs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", required=True, metavar="LIST",
+                   help="comma-separated presets (see `genlab models`) and/or run folders (reused as they are)")
+    p.add_argument("--budget", metavar="B",
+                   help="training per model: time (90s, 10m, 1h), epochs (5ep) or images seen (300kimg, 300000img); "
+                        "needed when presets are trained")
+    p.add_argument("--data", metavar="SOURCE",
+                   help="data source (default: the reused runs' data, else digits; see `genlab datasets`)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
+    p.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
+    p.add_argument("--seed", type=int, default=0, help="seed of every model's training and of the evaluation (default 0)")
+    p.add_argument("--samples", type=int, default=10_000, metavar="N", help="samples per model for the scores (default 10000)")
+    p.add_argument("--likelihood-k", type=int, metavar="K", help="VAEs: IWAE NLL with K importance samples (default: ELBO)")
+    p.add_argument("--name", help="comparison folder name (default: from the data, models, budget and seed)")
+    p.add_argument("--out-root", default="compare", metavar="DIR", help="parent folder of comparisons (default compare)")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing comparison of that name and start over")
+    p.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda …")
+    p.add_argument("--json", action="store_true", help="print results.json instead of a table")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("interpolate", help="decode a path between two latents (lerp / slerp)", description=(
+        "Decode latents along straight (lerp) or great-circle (slerp; Shoemake 1985, White 2016) paths.\n"
+        "VAEs: between the posterior means of test images (default: random pairs; --images I,J), shown\n"
+        "beside the originals; --random, and every GAN: between noise vectors from the prior."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--images", metavar="I,J[,I,J...]", help="VAEs: pairs of test-split image indices as endpoints")
+    g.add_argument("--random", action="store_true", help="endpoints drawn from the prior (default for GANs)")
+    p.add_argument("--pairs", type=int, default=4, metavar="P", help="random pairs, one row each (default 4)")
+    p.add_argument("--steps", type=int, default=8, metavar="S", help="images per path, ends included (default 8)")
+    p.add_argument("--method", choices=("lerp", "slerp", "both"), default="slerp",
+                   help="slerp (default), lerp, or both (a row of each per pair)")
+    p.add_argument("--label", type=int, metavar="Y", help="conditional models: class of every row (default: one per row)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random endpoints (default 0)")
+    p.add_argument("-o", "--output", help="output PNG (default RUN/interpolation.png)")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("traverse", help="vary one latent dimension at a time", description=(
+        "One row per latent dimension: that dimension runs over [-R, R] while the others stay at a base\n"
+        "latent (the posterior mean of test image --image for VAEs, else a prior draw). VAEs default to\n"
+        "the dimensions with the largest average KL on the test set; other models to 0..K-1."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--dims", metavar="D,D,...", help="latent dimensions to vary, e.g. 0,1,2")
+    g.add_argument("--top", type=int, default=8, metavar="K", help="how many dimensions (default 8)")
+    p.add_argument("--range", type=float, default=3.0, metavar="R", help="vary each dimension over [-R, R] (default 3)")
+    p.add_argument("--steps", type=int, default=9, metavar="S", help="values per dimension (default 9)")
+    p.add_argument("--image", type=int, metavar="I", help="VAEs: base latent = posterior mean of test image I")
+    p.add_argument("--label", type=int, metavar="Y", help="conditional models: class of every row")
+    p.add_argument("--seed", type=int, default=0, help="seed of the base latent's prior draw (default 0)")
+    p.add_argument("-o", "--output", help="output PNG (default RUN/traversal.png)")
+    p.add_argument("--device", default="cpu")
+
     sub.add_parser("datasets", help="list data sources and whether they are available here")
     sub.add_parser("models", help="list presets and models")
     p = sub.add_parser("demo", help="train seed-vae and seed-gan on the bundled digits and show where to look")
@@ -133,12 +207,15 @@ def cmd_train(args) -> int:
     from .api import resume, train
 
     progress = not args.no_progress
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise GenlabError(f"--max-minutes must be positive, got {args.max_minutes}.")
+    max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     if args.resume:
         if args.model or args.set or args.g_loss or args.lr or args.batch_size:
-            raise GenlabError("--resume continues a run with its own settings; only --epochs, --max-steps "
-                              "and --device may change.")
-        result = resume(args.resume, epochs=args.epochs, max_steps=args.max_steps, device=args.device,
-                        progress=progress)
+            raise GenlabError("--resume continues a run with its own settings; only --epochs, --max-steps, "
+                              "--max-minutes and --device may change.")
+        result = resume(args.resume, epochs=args.epochs, max_steps=args.max_steps, max_seconds=max_seconds,
+                        device=args.device, progress=progress)
     else:
         if not args.model:
             raise GenlabError("name a model or preset to train (e.g. `genlab train seed-vae`), or --resume RUN. "
@@ -147,7 +224,8 @@ def cmd_train(args) -> int:
         if args.g_loss:
             settings["g_loss"] = args.g_loss
         result = train(args.model, args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed, max_steps=args.max_steps, data_dir=args.data_dir,
+                       lr=args.lr, seed=args.seed, max_steps=args.max_steps, max_seconds=max_seconds,
+                       data_dir=args.data_dir,
                        image_size=args.image_size, channels=args.channels, device=args.device or "auto",
                        progress=progress, overwrite=args.overwrite, **settings)
     print(f"run folder: {result.run_dir}")
@@ -158,6 +236,9 @@ def cmd_train(args) -> int:
         return 130
     if result.status == "max_steps":
         print(f"stopped at --max-steps ({result.state.step}); continue with: genlab train --resume {result.run_dir}")
+    if result.status == "max_seconds":
+        print(f"stopped at the time limit after {result.state.train_seconds:.1f} s of training (step "
+              f"{result.state.step}); continue with: genlab train --resume {result.run_dir} [--max-minutes M]")
     return 0
 
 
@@ -186,7 +267,13 @@ def cmd_sample(args) -> int:
                 names = model.run_config["data"].get("class_names") or list(range(k))
                 raise GenlabError(f"--label must be between 0 and {k - 1} (classes: {', '.join(map(str, names))})")
             labels = torch.full((args.num,), args.label, dtype=torch.long)
-    images = model.sample(args.num, labels=labels, generator=gen).cpu()
+    if args.truncation is None:
+        images = model.sample(args.num, labels=labels, generator=gen).cpu()
+    else:
+        from .viz.latent import truncated_samples
+
+        images = truncated_samples(model, args.num, args.truncation, labels=labels,
+                                   generator=torch.Generator().manual_seed(args.seed))
     out = Path(args.output) if args.output else Path(args.run) / "samples" / "sample.png"
     if out.suffix.lower() == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +283,9 @@ def cmd_sample(args) -> int:
     else:
         raise GenlabError(f"output {out} must end in .png (a grid) or .npz (raw samples)")
     print(f"wrote {args.num} samples to {out}")
+    if args.truncation is not None:
+        print(f"truncation {args.truncation:g}: latent components outside [-{args.truncation:g}, {args.truncation:g}] "
+              "were resampled (Brock et al. 2019), so samples lie nearer the prior's centre and vary less.")
     return 0
 
 
@@ -302,6 +392,133 @@ def cmd_evaluator(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import format_results, run_compare
+
+    models = [m for m in args.models.split(",") if m.strip()]
+    res = run_compare(models, data=args.data, budget=args.budget, seed=args.seed, samples=args.samples,
+                      likelihood_k=args.likelihood_k, name=args.name, out_root=args.out_root, overwrite=args.overwrite,
+                      data_dir=args.data_dir, image_size=args.image_size, channels=args.channels, device=args.device,
+                      progress=not args.no_progress, log=lambda msg: print(msg, flush=True))
+    print()
+    print(json.dumps(res.results, indent=2) if args.json else format_results(res.results))
+    print()
+    print(f"report:  {res.report_path}")
+    print(f"results: {res.results_path}")
+    return 0
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise GenlabError(f"{option} takes comma-separated integers, e.g. {option} 0,5; got {text!r}.") from None
+
+
+def cmd_interpolate(args) -> int:
+    import torch
+
+    from .api import load
+    from .training.run import load_run_dataset
+    from .viz import latent, save_grid
+
+    model = load(args.run, device=args.device)
+    methods = ("lerp", "slerp") if args.method == "both" else (args.method,)
+    gen = torch.Generator().manual_seed(args.seed)
+    encoder = latent.has_encoder(model)
+    if args.images and not encoder:
+        raise GenlabError(f"{args.run} holds a GAN ({model.run_config['name']}): GANs have no encoder, so --images "
+                          "cannot be mapped to latents. Omit --images to interpolate between noise vectors.")
+    if args.pairs < 1:
+        raise GenlabError(f"--pairs must be at least 1, got {args.pairs}.")
+    if args.label is not None:
+        latent.row_labels(model, 1, args.label)  # checks the label (and that the model is conditional)
+    ends = None
+    if encoder and not args.random:
+        split = latent.image_split(load_run_dataset(model.run_config, progress=False))
+        if args.images:
+            idx = _int_list(args.images, "--images")
+            if len(idx) < 2 or len(idx) % 2:
+                raise GenlabError(f"--images takes pairs of test-image indices, I,J or I,J,K,L; got {args.images!r}.")
+            latent.check_indices(idx, len(split))
+            i, j = torch.tensor(idx[0::2]), torch.tensor(idx[1::2])
+        else:
+            if 2 * args.pairs > len(split):
+                raise GenlabError(f"--pairs {args.pairs} needs {2 * args.pairs} test images; there are {len(split)}.")
+            perm = torch.randperm(len(split), generator=gen)[:2 * args.pairs]
+            i, j = perm[:args.pairs], perm[args.pairs:]
+        y_i = None if split.labels is None else split.labels[i]
+        y_j = None if split.labels is None else split.labels[j]
+        z0, z1 = latent.posterior_means(model, split.images[i], y_i), latent.posterior_means(model, split.images[j], y_j)
+        ends = (split.images[i], split.images[j])
+        labels = None
+        if model.conditional:
+            labels = latent.row_labels(model, len(i), args.label) if args.label is not None else y_i
+        pairs = ", ".join(f"{a}->{b}" for a, b in zip(i.tolist(), j.tolist()))
+        what = f"between the posterior means of test images {pairs} (originals at both ends)"
+    else:
+        z = model.prior_sample(2 * args.pairs, gen)
+        z0, z1 = z[:args.pairs], z[args.pairs:]
+        labels = latent.row_labels(model, args.pairs, args.label)
+        what = "between random latents from the prior"
+    images, per_row = latent.interpolation_images(model, z0, z1, args.steps, methods, labels=labels, ends=ends)
+    out = Path(args.output) if args.output else Path(args.run) / "interpolation.png"
+    save_grid(images, out, nrow=per_row)
+    rows = z0.shape[0] * len(methods)
+    order = "" if len(methods) == 1 else " (per pair: a lerp row, then a slerp row)"
+    print(f"wrote {rows} rows of {args.steps} steps, {' and '.join(methods)}{order}, {what} to {out}")
+    return 0
+
+
+def cmd_traverse(args) -> int:
+    import torch
+
+    from .api import load
+    from .training.run import load_run_dataset
+    from .viz import latent, save_grid
+
+    model = load(args.run, device=args.device)
+    encoder = latent.has_encoder(model)
+    if args.image is not None and not encoder:
+        raise GenlabError(f"{args.run} holds a GAN ({model.run_config['name']}): GANs have no encoder, so --image "
+                          "cannot give a base latent. Omit --image to start from a prior draw.")
+    split = latent.image_split(load_run_dataset(model.run_config, progress=False)) if encoder else None
+    base_label = None
+    if args.image is not None:
+        latent.check_indices([args.image], len(split), "--image")
+        y = None if split.labels is None else split.labels[args.image:args.image + 1]
+        base = latent.posterior_means(model, split.images[args.image:args.image + 1], y)[0]
+        base_label = None if y is None else int(y[0])
+        base_what = f"the posterior mean of test image {args.image}"
+    else:
+        base = model.prior_sample(1, torch.Generator().manual_seed(args.seed))[0]
+        base_what = f"a prior draw (seed {args.seed})"
+    if args.dims:
+        dims = _int_list(args.dims, "--dims")
+        how = "as given"
+    else:
+        if args.top < 1:
+            raise GenlabError(f"--top must be at least 1, got {args.top}.")
+        k = min(args.top, model.latent_dim)
+        if encoder:
+            n = min(len(split), 2000)
+            kl = latent.kl_per_dimension(model, split.images[:n], None if split.labels is None else split.labels[:n])
+            dims = kl.argsort(descending=True)[:k].tolist()
+            how = (f"the {k} with the largest average KL on {n} test images: "
+                   + ", ".join(f"{d} ({kl[d]:.2f} nats)" for d in dims))
+        else:
+            dims = list(range(k))
+            how = f"0..{k - 1} (a GAN's noise dimensions have no order; choose others with --dims)"
+    label = args.label if args.label is not None else base_label
+    labels = latent.row_labels(model, len(dims), label)
+    images = latent.traversal_images(model, base, dims, args.range, args.steps, labels)
+    out = Path(args.output) if args.output else Path(args.run) / "traversal.png"
+    save_grid(images, out, nrow=args.steps)
+    print(f"latent dimensions (one row each): {how}")
+    print(f"wrote {len(dims)} rows of {args.steps} values in [-{args.range:g}, {args.range:g}] around {base_what} to {out}")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from .data import dataset_status
 
@@ -335,7 +552,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "eval": cmd_eval,
-            "evaluator": cmd_evaluator,
+            "evaluator": cmd_evaluator, "compare": cmd_compare, "interpolate": cmd_interpolate,
+            "traverse": cmd_traverse,
             "datasets": cmd_datasets, "models": cmd_models, "demo": cmd_demo}
 
 

@@ -1,0 +1,386 @@
+"""``genlab compare``: train several models on the same data under the same budget, evaluate them
+identically, and write ``<out-root>/<name>/results.json`` and ``report.html``.
+
+Folder layout::
+
+    compare/<name>/compare.json          what defines the comparison: data, models, budget, seed
+    compare/<name>/runs/<preset>/        a run folder per preset trained here
+    compare/<name>/evals/<model>.json    evaluations of reused run folders (never written into them)
+    compare/<name>/results.json          format genlab-compare-1: settings, one entry per model, summary
+    compare/<name>/report.html           one self-contained page (images embedded)
+
+Running the same command again reuses what is done: a run whose checkpoint shows the budget spent is
+not trained again, an interrupted one is resumed, an evaluation is redone only when the evaluator
+fingerprint, sample count, seed or likelihood setting differ. A folder made for other data, models,
+budget or seed is never overwritten without ``--overwrite``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import GenlabError
+from ..fileio import atomic_write_bytes, atomic_write_json
+from .budget import Budget, parse_budget
+from .summary import nll_value, summarize
+
+RESULTS_FORMAT = "genlab-compare-1"
+SETTINGS_FORMAT = "genlab-compare-settings-1"
+MAX_NAME = 80  # longer derived names become <data>-<n>models-<hash>
+
+
+@dataclass
+class ModelSpec:
+    """One item of ``--models``: a preset to train here, or an existing run folder to reuse as it is."""
+
+    tag: str  # the name shown in tables and the report
+    source: str  # "preset" or "run"
+    preset: str | None
+    run_dir: Path
+
+
+@dataclass
+class CompareResult:
+    folder: Path
+    results: dict[str, Any]
+    results_path: Path
+    report_path: Path
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "x"
+
+
+def parse_models(items: list[str]) -> list[ModelSpec]:
+    """Preset names or run folders (a path to a folder holding config.json) -> specs (run_dir of presets is
+    filled in later, under the comparison's folder)."""
+    from ..models.registry import MODELS, PRESETS, resolve
+
+    specs: list[ModelSpec] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        path = Path(item).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise GenlabError(f"--models: {item} is a folder but not a genlab run (no config.json); give a run "
+                                  "folder or a preset name (see `genlab models`).")
+            specs.append(ModelSpec(_safe(path.resolve().name), "run", None, path))
+        elif item in PRESETS or item in MODELS:
+            specs.append(ModelSpec(_safe(resolve(item).name), "preset", item, Path()))
+        else:
+            known = ", ".join(sorted(set(PRESETS) | set(MODELS)))
+            raise GenlabError(f"--models: {item!r} is neither a preset nor a run folder. Presets and models: {known} "
+                              "(see `genlab models`); a run folder is a path holding config.json.")
+    if not specs:
+        raise GenlabError("--models is empty; name presets and/or run folders, e.g. --models seed-vae,seed-gan.")
+    seen: dict[str, ModelSpec] = {}
+    for s in specs:
+        if s.tag in seen:
+            a, b = seen[s.tag], s
+            same = (a.source == b.source == "preset") or (a.source == b.source == "run"
+                                                          and a.run_dir.resolve() == b.run_dir.resolve())
+            if same:
+                raise GenlabError(f"--models names {s.tag} twice; give each model once.")
+            raise GenlabError(f"--models: two items would both be called {s.tag!r} ({a.preset or a.run_dir}, "
+                              f"{b.preset or b.run_dir}); rename one run folder.")
+        seen[s.tag] = s
+    return specs
+
+
+def _run_data(config: dict[str, Any]) -> tuple[str, int | None, int | None]:
+    d = config["data"]
+    return d["spec"], d.get("image_size"), d.get("channels")
+
+
+def _describe_data(spec: str, image_size: int | None, channels: int | None) -> str:
+    extra = [f"--image-size {image_size}"] * (image_size is not None) + [f"--channels {channels}"] * (channels is not None)
+    return " ".join([spec, *extra])
+
+
+def default_name(data_name: str, specs: list[ModelSpec], budget: Budget | None, seed: int) -> str:
+    """``<data>-<model>-<model>...-<budget>[-seed<S>]``: the same command gets the same folder (so it resumes)."""
+    data_tag = _safe(data_name.split(":", 1)[-1].rstrip("/").split("/")[-1] if ":" in data_name else data_name)
+    parts = [data_tag, *(s.tag for s in specs)]
+    if budget is not None:
+        parts.append(_safe(budget.text))
+    if seed:
+        parts.append(f"seed{seed}")
+    name = "-".join(parts)
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha1(json.dumps([str(s.preset or s.run_dir.resolve()) for s in specs]
+                                     + [budget.text if budget else None, seed]).encode()).hexdigest()[:8]
+    return f"{data_tag}-{len(specs)}models-{digest}"
+
+
+def _settings(data: tuple[str, int | None, int | None], specs: list[ModelSpec], budget: Budget | None,
+              seed: int) -> dict[str, Any]:
+    """What defines a comparison folder: training data, models, budget, seed (evaluation settings may change)."""
+    return {"format": SETTINGS_FORMAT, "data": {"spec": data[0], "image_size": data[1], "channels": data[2]},
+            "models": [s.preset if s.source == "preset" else str(s.run_dir.resolve()) for s in specs],
+            "budget": None if budget is None else budget.text, "seed": seed}
+
+
+def _prepare_folder(folder: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    marker = folder / "compare.json"
+    if folder.exists() and any(folder.iterdir()):
+        if not marker.is_file():
+            raise GenlabError(f"{folder} exists and is not a genlab comparison (no compare.json); choose another "
+                              "--name or --out-root.")
+        old = json.loads(marker.read_text())
+        if old != settings:
+            if not overwrite:
+                diff = [k for k in settings if old.get(k) != settings[k]]
+                raise GenlabError(f"{folder} holds a comparison with other {', '.join(diff)} "
+                                  f"({', '.join(f'{k}: {old.get(k)}' for k in diff)}). Choose another --name, or pass "
+                                  "--overwrite to delete it and start over.")
+            shutil.rmtree(folder)
+        elif overwrite:
+            shutil.rmtree(folder)
+    atomic_write_json(marker, settings)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _checkpoint_state(run_dir: Path) -> dict[str, Any] | None:
+    from ..training import checkpoint as ckpt
+
+    path = run_dir / "checkpoints" / "last.safetensors"
+    if not path.is_file():
+        return None
+    return ckpt.read_checkpoint(path)[1]["state"]
+
+
+def _train_preset(spec: ModelSpec, data: tuple[str, int | None, int | None], data_dir: str | None, budget: Budget,
+                  seed: int, device: str, progress: bool, log: Callable[[str], None]) -> None:
+    """Train (or resume, or leave alone when its budget is spent) the run of a preset."""
+    from ..api import resume, train
+    from ..models.registry import resolve
+    from ..training.run import read_run_config
+    from ..training.trainer import TrainConfig
+
+    batch_size = TrainConfig(**resolve(spec.preset).train).batch_size
+    overrides = budget.train_overrides(batch_size)
+    state = _checkpoint_state(spec.run_dir)
+    if state is not None:
+        config = read_run_config(spec.run_dir)
+        if budget.is_spent(state, config["train"]):
+            log(f"== {spec.tag}: trained ({budget.describe()}), reusing {spec.run_dir}")
+            return
+        log(f"== {spec.tag}: resuming {spec.run_dir} at step {state['step']} ({budget.describe()})")
+        result = resume(spec.run_dir, epochs=overrides["epochs"], max_steps=overrides.get("max_steps"),
+                        max_seconds=overrides.get("max_seconds"), device=device, progress=progress)
+    else:
+        # a folder without checkpoint is a start that died before its first save: nothing to keep
+        log(f"== {spec.tag}: training on {data[0]} ({budget.describe()}, seed {seed}) -> {spec.run_dir}")
+        result = train(spec.preset, data[0], out=spec.run_dir, seed=seed, data_dir=data_dir, image_size=data[1],
+                       channels=data[2], device=device, progress=progress, overwrite=spec.run_dir.exists(),
+                       **overrides)
+    if result.status == "interrupted":
+        log(f"stopped while training {spec.tag} (checkpoint saved); run the same command again to continue.")
+        raise KeyboardInterrupt
+    st = result.state
+    log(f"   {spec.tag}: {st.step} steps, {st.images_seen:,} images, {st.train_seconds:.1f} s of training")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _usable(ev: dict[str, Any] | None, fingerprint: str, samples: int, seed: int, likelihood_k: int | None,
+            family_vae: bool) -> bool:
+    """Whether an existing evaluation was made exactly the way this comparison evaluates."""
+    if not ev or ev.get("format") != "genlab-eval-1":
+        return False
+    p = ev.get("protocol", {})
+    if (p.get("evaluator_fingerprint") != fingerprint or p.get("n_samples") != samples or p.get("seed") != seed
+            or p.get("reference") != "test"):
+        return False
+    lk = ev.get("likelihood")
+    if lk and lk.get("binarized"):
+        return False
+    if family_vae and likelihood_k is not None:
+        return bool(lk) and lk.get("k") == likelihood_k and lk.get("nll_iwae") is not None
+    return True
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _evaluate(spec: ModelSpec, folder: Path, fingerprint: str, samples: int, seed: int, likelihood_k: int | None,
+              has_encoder: bool, progress: bool, log: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+    """The evaluation of one model: reused when usable, else computed. Runs trained by the comparison keep
+    it in their eval.json; reused run folders are never written into (it goes to evals/<tag>.json)."""
+    from ..eval.report import evaluate_run
+
+    own = spec.source == "preset"
+    target = spec.run_dir / "eval.json" if own else folder / "evals" / f"{spec.tag}.json"
+    candidates = [target] if own else [target, spec.run_dir / "eval.json"]
+    for path in candidates:
+        ev = _read_json(path)
+        if _usable(ev, fingerprint, samples, seed, likelihood_k, has_encoder):
+            log(f"== {spec.tag}: evaluation reused from {path}")
+            return ev, path
+    log(f"== {spec.tag}: evaluating ({samples} samples{'' if likelihood_k is None else f', IWAE k={likelihood_k}'})")
+    ev = evaluate_run(spec.run_dir, n_samples=samples, seed=seed, likelihood_k=likelihood_k, progress=progress,
+                      write=own)
+    if not own:
+        atomic_write_json(target, ev)
+    return ev, target
+
+
+def _likelihood_entry(lk: dict[str, Any] | None, likelihood_k: int | None) -> dict[str, Any] | None:
+    """The likelihood block as this comparison reports it: every VAE by the same estimate (IWAE with k when
+    --likelihood-k is given, else the ELBO), so a reused run's extra IWAE number does not mix protocols."""
+    if not lk:
+        return None
+    if likelihood_k is None and lk.get("nll_iwae") is not None:
+        return {**lk, "k": 1, "nll_iwae": None, "nll_iwae_stderr": None}
+    return dict(lk)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run_compare(models: list[str], data: str | None = None, budget: str | None = None, *, seed: int = 0,
+                samples: int = 10_000, likelihood_k: int | None = None, name: str | None = None,
+                out_root: str | Path = "compare", overwrite: bool = False, data_dir: str | None = None,
+                image_size: int | None = None, channels: int | None = None, device: str = "auto",
+                progress: bool = True, log: Callable[[str], None] = print) -> CompareResult:
+    """Train (or reuse) every model of ``models`` on the same data under the same ``budget`` and seed,
+    evaluate each with the same evaluator and sample count, and write results.json and report.html."""
+    from ..api import load
+    from ..data import load_dataset
+    from ..eval.evaluator import get_evaluator
+    from ..training.run import read_run_config
+    from .report import build_report
+
+    if samples < 2:
+        raise GenlabError(f"--samples must be at least 2, got {samples}.")
+    if likelihood_k is not None and likelihood_k < 1:
+        raise GenlabError(f"--likelihood-k must be at least 1, got {likelihood_k}.")
+    specs = parse_models(models)
+    run_configs = {s.tag: read_run_config(s.run_dir) for s in specs if s.source == "run"}
+    the_budget = parse_budget(budget) if budget is not None else None
+    if the_budget is None and any(s.source == "preset" for s in specs):
+        raise GenlabError("--budget is needed to train presets: give a training time (e.g. 10m), epochs (5ep) or "
+                          "images seen (300kimg) per model.")
+
+    # one dataset for all: --data, else the reused runs' own (which must agree)
+    if data is None and run_configs:
+        first = next(iter(run_configs.values()))
+        data, image_size, channels = _run_data(first)
+        data_dir = data_dir or first["data"].get("data_dir")
+    dataset = load_dataset(data or "digits", data_dir=data_dir, image_size=image_size, channels=channels,
+                           progress=progress)
+    the_data = (dataset.name, image_size, channels)
+    for tag, config in run_configs.items():
+        if _run_data(config) != the_data or list(config["data"]["image_shape"]) != list(dataset.image_shape):
+            raise GenlabError(f"the models are on different datasets: run {tag} was trained on "
+                              f"{_describe_data(*_run_data(config))}, the comparison is on {_describe_data(*the_data)}. "
+                              "Compare runs of the same data (or pass the matching --data).")
+
+    folder = Path(out_root) / (name or default_name(dataset.name, specs, the_budget, seed))
+    inside = [s for s in specs if s.source == "run" and folder.resolve() in s.run_dir.resolve().parents]
+    if inside and overwrite:
+        raise GenlabError(f"--overwrite would delete {folder}, which holds the run {inside[0].run_dir} given in "
+                          "--models; choose another --name.")
+    _prepare_folder(folder, _settings(the_data, specs, the_budget, seed), overwrite)
+    for s in specs:
+        if s.source == "preset":
+            s.run_dir = folder / "runs" / s.tag
+    log(f"comparison folder: {folder}")
+
+    for s in specs:
+        if s.source == "preset":
+            _train_preset(s, the_data, data_dir, the_budget, seed, device, progress, log)
+
+    evaluator = get_evaluator(dataset, progress=progress)
+    entries, loaded = [], {}
+    for s in specs:
+        model = load(s.run_dir)
+        loaded[s.tag] = model
+        ev, ev_path = _evaluate(s, folder, evaluator.fingerprint, samples, seed, likelihood_k,
+                                hasattr(model, "encode"), progress, log)
+        state = _checkpoint_state(s.run_dir) or {}
+        secs, images = state.get("train_seconds"), state.get("images_seen")
+        entries.append({
+            "name": s.tag, "source": s.source, "preset": s.preset, "run_dir": str(s.run_dir),
+            "model": model.run_config.get("model"), "family": model.family,
+            "conditional": model.conditional, "latent_dim": model.latent_dim,
+            "parameters": model.parameter_count(), "seed": model.run_config["train"].get("seed"),
+            "train_seconds": secs, "images_seen": images, "steps": state.get("step"),
+            "epochs_completed": state.get("epoch"),
+            "img_per_s": (images / secs) if secs and images else None,
+            "metrics": ev["metrics"], "likelihood": _likelihood_entry(ev.get("likelihood"), likelihood_k),
+            "eval_file": str(ev_path),
+        })
+
+    budget_info = None if the_budget is None else the_budget.as_dict()
+    results = {
+        "format": RESULTS_FORMAT,
+        "name": folder.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"data": dataset.name, "image_size": image_size, "channels": channels,
+                     "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
+                     "class_names": dataset.class_names, "budget": budget_info, "seed": seed, "samples": samples,
+                     "likelihood_k": likelihood_k, "reference": "test",
+                     "evaluator_fingerprint": evaluator.fingerprint,
+                     "evaluator_test_accuracy": evaluator.info.get("test_accuracy"),
+                     "feature_space": evaluator.describe()},
+        "models": entries,
+    }
+    results["summary"] = summarize(entries, budget_info, dataset.class_names)
+    results_path = folder / "results.json"
+    report_path = folder / "report.html"
+    log("== writing the report")
+    html = build_report(results, loaded, dataset, evaluator)
+    atomic_write_json(results_path, results)
+    atomic_write_bytes(report_path, html.encode("utf-8"))
+    return CompareResult(folder, results, results_path, report_path)
+
+
+# ----------------------------------------------------------------------------- terminal table
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The results as a plain-text table (like ``genlab eval``), with the protocol line above it."""
+    s = results["settings"]
+    budget = s["budget"]["description"] if s["budget"] else "runs reused as they are"
+    lines = [f"data {s['data']}; {budget}; seed {s['seed']}",
+             (f"evaluator {s['evaluator_fingerprint'][:12]} ({s['feature_space']}); {s['samples']} samples per model "
+             f"vs the {s['reference']} split"), ""]
+    header = ["model", "family", "FID", "KID", "prec", "recall", "cover", "classes", "NLL", "train s", "img/s",
+              "params"]
+    body = []
+    for m in results["models"]:
+        mm = m["metrics"]
+        nll = "n/a" if not m["likelihood"] else f"{nll_value(m['likelihood'])[0]:.1f}"
+        body.append([m["name"], m["family"], f"{mm['fid']:.2f}", f"{mm['kid']:.4f}", f"{mm['precision']:.3f}",
+                     f"{mm['recall']:.3f}", f"{mm['coverage']:.3f}", f"{mm['classes_covered']}/{mm['num_classes']}",
+                     nll, "-" if m["train_seconds"] is None else f"{m['train_seconds']:.0f}",
+                     "-" if m["img_per_s"] is None else f"{m['img_per_s']:,.0f}", f"{m['parameters']:,}"])
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+
+    def row(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    lines += [row(header), row(["-" * w for w in widths])] + [row(b) for b in body]
+    if any(m["likelihood"] for m in results["models"]):
+        k = s["likelihood_k"]
+        lines.append(f"NLL: {'IWAE estimate, k=' + str(k) if k else 'negative test ELBO (an upper bound)'}, "
+                     "nats/image; GANs have none.")
+    lines += [""] + [f"- {x}" for x in results["summary"]]
+    return "\n".join(lines)

@@ -1,0 +1,318 @@
+"""genlab compare: budgets, the Trainer's time limit, the summary in words, and the driver end to end."""
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import genlab
+from genlab.compare import format_results, parse_budget, run_compare, summarize
+from genlab.compare.driver import default_name, parse_models
+from genlab.errors import GenlabError
+from genlab.training import checkpoint as ckpt
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def evaluator_cache(tmp_path_factory):
+    """One evaluator cache for the test session (the digits evaluator is trained once, in seconds)."""
+    cache = tmp_path_factory.getbasetemp() / "genlab-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENLAB_CACHE", str(cache))
+        yield cache
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def state_of(run_dir: Path) -> dict:
+    return ckpt.read_checkpoint(Path(run_dir) / "checkpoints" / "last.safetensors")[1]["state"]
+
+
+# ----------------------------------------------------------------------------- budgets
+
+@pytest.mark.parametrize("text, kind, value", [
+    ("10m", "seconds", 600), ("90s", "seconds", 90), ("1h", "seconds", 3600), ("1.5h", "seconds", 5400),
+    ("2min", "seconds", 120), ("5ep", "epochs", 5), ("300kimg", "images", 300_000),
+    ("300000img", "images", 300_000), ("1Mimg", "images", 1_000_000)])
+def test_budget_forms(text, kind, value):
+    b = parse_budget(text)
+    assert (b.kind, b.value) == (kind, value)
+
+
+@pytest.mark.parametrize("text", ["10", "ten minutes", "0m", "5 epochs please", "1.5ep", "-3s", "0.5img", ""])
+def test_a_bad_budget_names_the_accepted_forms(text):
+    with pytest.raises(GenlabError, match=r"90s, 10m, 1h\), epochs \(5ep\) or images seen \(300kimg"):
+        parse_budget(text)
+
+
+def test_budget_train_overrides():
+    assert parse_budget("300kimg").train_overrides(128)["max_steps"] == math.ceil(300_000 / 128)
+    assert parse_budget("1000img").train_overrides(64)["max_steps"] == 16
+    t = parse_budget("10m").train_overrides(128)
+    assert t["max_seconds"] == 600 and t["epochs"] >= 1000
+    assert parse_budget("5ep").train_overrides(128) == {"epochs": 5}
+
+
+# ----------------------------------------------------------------------------- the Trainer's time limit
+
+def test_max_seconds_stops_with_checkpoint_and_grid_and_can_be_resumed(tmp_path):
+    run = tmp_path / "timed"
+    res = genlab.train("seed-vae", "digits", out=run, epochs=100_000, max_seconds=1.0, progress=False, device="cpu")
+    assert res.status == "max_seconds"
+    st = state_of(run)
+    assert 1.0 <= st["train_seconds"] < 30 and st["step"] == res.state.step > 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    if st["batch_in_epoch"]:  # stopped inside an epoch: a grid of the epoch in progress and a log line
+        stop = [x for x in lines if x.get("event") == "max_seconds"]
+        assert len(stop) == 1 and stop[0]["step"] == st["step"]
+        assert (run / stop[0]["samples"]).is_file()
+        assert stop[0]["samples"] == f"samples/epoch-{st['epoch'] + 1:04d}.png"
+    else:
+        assert (run / "samples" / f"epoch-{st['epoch']:04d}.png").is_file()
+    assert json.loads((run / "config.json").read_text())["train"]["max_seconds"] == 1.0
+    # a time-limited run that reached its limit does not train on when run again with the same limit
+    again = genlab.resume(run, max_seconds=1.0, progress=False)
+    assert again.status == "max_seconds" and state_of(run)["step"] == st["step"]
+    # ... and --resume continues it (here: to the end of the next epoch)
+    done = genlab.resume(run, epochs=st["epoch"] + 1, progress=False)
+    assert done.status == "completed"
+    after = state_of(run)
+    assert after["step"] > st["step"] and after["batch_in_epoch"] == 0 and after["epoch"] == st["epoch"] + 1
+
+
+def test_cli_train_max_minutes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    r = subprocess.run([sys.executable, "-m", "genlab", "train", "seed-gan", "--epochs", "100000", "--max-minutes",
+                        "0.01", "--out", str(tmp_path / "g"), "--no-progress"], env=env, capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "stopped at the time limit" in r.stdout and f"genlab train --resume {tmp_path / 'g'}" in r.stdout
+    assert state_of(tmp_path / "g")["train_seconds"] >= 0.6
+
+
+# ----------------------------------------------------------------------------- summary in words
+
+def entry(name, family, fid, kid, precision, recall, coverage, classes=10, memo=0.01, likelihood=None,
+          seconds=100.0, images=100_000):
+    hist = [100] * classes + [0] * (10 - classes)
+    return {"name": name, "family": family, "train_seconds": seconds, "images_seen": images,
+            "likelihood": likelihood,
+            "metrics": {"fid": fid, "kid": kid, "precision": precision, "recall": recall, "coverage": coverage,
+                        "classes_covered": classes, "num_classes": 10, "class_histogram": hist,
+                        "memorization": {"fraction_closer_than_test_p1": memo}}}
+
+
+VAE_LK = {"units": "nats/image", "elbo": -240.3, "neg_elbo": 240.3, "k": 1, "nll_iwae": None}
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def pair():
+    return [entry("conv-vae", "vae", 17.1, 0.23, 0.64, 0.50, 0.26, likelihood=VAE_LK),
+            entry("dcgan", "gan", 11.14, 0.15, 0.74, 0.44, 0.21)]
+
+
+def test_summary_reports_the_best_fid_and_the_fidelity_diversity_trade_off():
+    text = summarize(pair())
+    assert text[0] == "dcgan has the lowest FID (11.14); conv-vae's is 54% higher (17.10)."
+    trade = [s for s in text if "closer to real images" in s]
+    assert trade == [("Samples of the GAN dcgan are closer to real images (precision 0.74 vs 0.64), but the VAE "
+                      "conv-vae covers more of the data (coverage 0.21 vs 0.26, recall 0.44 vs 0.50).")]
+    assert any("conv-vae 240.3 (-ELBO" in s and "dcgan is a GAN and defines no density" in s for s in text)
+    assert "Every model draws all 10 classes (by the evaluator's predicted labels)." in text
+    assert any(s.startswith("No model shows signs of copying") for s in text)
+    assert not any("KID ranks" in s for s in text)
+
+
+def test_summary_changes_when_the_numbers_change():
+    models = pair()
+    models[1]["metrics"].update(coverage=0.40, recall=0.60)  # the GAN now also covers more
+    text = summarize(models)
+    assert any(s.startswith("The GAN dcgan beats the VAE conv-vae on both fidelity (precision 0.74 vs 0.64) and "
+                            "diversity (coverage 0.40 vs 0.26") for s in text)
+    models[1]["metrics"].update(coverage=0.21, recall=0.60)  # recall disagrees with coverage: said so
+    assert any(s.endswith("covers more of the data (coverage 0.21 vs 0.26; recall points the other way: 0.60 vs "
+                          "0.50).") for s in summarize(models))
+    models[1]["metrics"].update(precision=0.66, coverage=0.27)  # within the thresholds: alike
+    assert any("are alike in fidelity" in s for s in summarize(models))
+    models[1]["metrics"]["fid"] = 17.5  # within 5 % of 17.1: no winner on FID
+    text = summarize(models)
+    assert text[0].startswith("conv-vae, dcgan are within 5% of each other on FID (17.10 vs 17.50)")
+    three = [*models, entry("seed-gan", "gan", 30.0, 0.5, 0.5, 0.3, 0.2)]
+    assert summarize(three)[1] == "The lowest FID is 17.10; seed-gan's is 75% higher (30.00)."
+    models[1]["metrics"]["fid"] = 40.0
+    assert summarize(models)[0] == "conv-vae has the lowest FID (17.10); dcgan's is 2.3x as high (40.00)."
+
+
+def test_summary_flags_class_gaps_memorisation_kid_disagreement_and_speed():
+    models = pair()
+    models[1]["metrics"].update(classes_covered=7, class_histogram=[300, 2, 300, 300, 1, 300, 300, 0, 300, 300])
+    models[0]["metrics"]["memorization"]["fraction_closer_than_test_p1"] = 0.12
+    models[0]["metrics"]["kid"] = 0.10  # KID prefers the VAE while FID prefers the GAN
+    models[1].update(images_seen=900_000)
+    text = summarize(models, budget={"kind": "seconds", "text": "10m", "description": "10m of training time"},
+                     class_names=CLASSES)
+    assert "dcgan draws only 7 of 10 classes (by the evaluator's predicted labels); rare or missing: Trouser, " \
+           "Coat, Sneaker." in text
+    assert any(s.startswith("conv-vae: 12.0% of samples are nearer to a training image") for s in text)
+    assert any(s.startswith("KID ranks conv-vae first (0.1000 vs dcgan's 0.1500)") for s in text)
+    assert "In the same 10m of training, dcgan saw 9.0x as many images as conv-vae (900,000 vs 100,000)." in text
+    epochs = summarize(pair(), budget={"kind": "epochs", "text": "5ep", "description": "5 epochs per model"})
+    assert not any("training time of" in s for s in epochs)
+    slow = pair()
+    slow[1]["train_seconds"] = 450.0
+    assert ("For the same 5 epochs per model, dcgan needed 4.5x the training time of conv-vae (450 s vs 100 s)."
+            in summarize(slow, budget={"kind": "epochs", "text": "5ep", "description": "5 epochs per model"}))
+
+
+def test_summary_with_gans_only_and_with_one_model():
+    gans = [entry("seed-gan", "gan", 30.0, 0.5, 0.5, 0.3, 0.2), entry("dcgan", "gan", 11.0, 0.1, 0.7, 0.4, 0.3)]
+    text = summarize(gans)
+    assert text[0].startswith("dcgan has the lowest FID (11.00)")
+    assert any(s.startswith("dcgan beats seed-gan on both fidelity") for s in text)
+    assert any(s.startswith("No likelihoods to compare: seed-gan, dcgan are GANs and define no density") for s in text)
+    one = summarize([gans[0]])
+    assert one[0].startswith("Only one model, seed-gan: FID 30.00") and len(one) == 3
+    iwae = copy.deepcopy(pair())
+    iwae[0]["likelihood"] = {**VAE_LK, "k": 5000, "nll_iwae": 231.25}
+    assert any("conv-vae 231.2 (IWAE NLL, k=5000)" in s for s in summarize(iwae))
+
+
+# ----------------------------------------------------------------------------- the driver
+
+def test_models_and_names_are_checked(tmp_path):
+    with pytest.raises(GenlabError, match="'nonesuch' is neither a preset nor a run folder"):
+        parse_models(["seed-vae", "nonesuch"])
+    with pytest.raises(GenlabError, match="names seed-vae twice"):
+        parse_models(["seed-vae", "seed-vae"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GenlabError, match="not a genlab run"):
+        parse_models([str(tmp_path / "empty")])
+    specs = parse_models(["seed-vae", "seed-gan"])
+    assert default_name("fashion-mnist", specs, parse_budget("10m"), 0) == "fashion-mnist-seed-vae-seed-gan-10m"
+    assert default_name("digits", specs, parse_budget("5ep"), 3) == "digits-seed-vae-seed-gan-5ep-seed3"
+    with pytest.raises(GenlabError, match="--budget is needed"):
+        run_compare(["seed-vae"], "digits", None, out_root=tmp_path, log=quiet)
+    with pytest.raises(GenlabError, match="cannot read the budget"):
+        run_compare(["seed-vae"], "digits", "soon", out_root=tmp_path, log=quiet)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    res = run_compare(["seed-vae", "seed-gan"], "digits", "3ep", samples=300, out_root=root, progress=False, log=quiet)
+    return root, res
+
+
+def test_compare_writes_results_and_a_self_contained_report(compared):
+    root, res = compared
+    assert res.folder == root / "digits-seed-vae-seed-gan-3ep"
+    results = json.loads(res.results_path.read_text())
+    assert results["format"] == "genlab-compare-1"
+    s = results["settings"]
+    assert (s["data"], s["seed"], s["samples"], s["budget"]["kind"], s["budget"]["value"]) == ("digits", 0, 300,
+                                                                                              "epochs", 3)
+    assert len(s["evaluator_fingerprint"]) == 64
+    names = [m["name"] for m in results["models"]]
+    assert names == ["seed-vae", "seed-gan"]
+    vae, gan = results["models"]
+    for m in (vae, gan):
+        assert set(m["metrics"]) >= {"fid", "kid", "precision", "recall", "coverage", "classes_covered"}
+        assert m["epochs_completed"] == 3 and m["steps"] == 36 and m["seed"] == 0
+        assert m["train_seconds"] > 0 and m["img_per_s"] > 0 and m["parameters"] > 0
+        assert Path(m["run_dir"]) == res.folder / "runs" / m["name"]
+        ev = json.loads((Path(m["run_dir"]) / "eval.json").read_text())
+        assert ev["protocol"]["n_samples"] == 300 and ev["protocol"]["evaluator_fingerprint"] == s["evaluator_fingerprint"]
+    assert vae["likelihood"]["neg_elbo"] > 0 and gan["likelihood"] is None
+    assert results["summary"] and results["summary"] == summarize(results["models"], s["budget"], s["class_names"])
+    page = res.report_path.read_text()
+    assert page.count('<tr data-model="') == 2 and "n/a" in page
+    assert "src=\"http" not in page and "<script" not in page and "<link" not in page
+    srcs = [x for x in page.split('src="')[1:]]
+    assert len(srcs) >= 10 and all(x.startswith("data:image/png;base64,") for x in srcs)
+    text = format_results(results)
+    assert "seed-vae" in text and "seed-gan" in text and "n/a" in text and "FID" in text
+
+
+def test_the_same_command_again_reuses_runs_and_evaluations(compared):
+    root, res = compared
+    ckpt_file = res.folder / "runs" / "seed-vae" / "checkpoints" / "last.safetensors"
+    before = ckpt_file.stat().st_mtime_ns
+    log = []
+    again = run_compare(["seed-vae", "seed-gan"], "digits", "3ep", samples=300, out_root=root, progress=False,
+                        log=log.append)
+    assert ckpt_file.stat().st_mtime_ns == before
+    assert any("seed-vae: trained (3 epochs per model), reusing" in x for x in log)
+    assert sum("evaluation reused" in x for x in log) == 2
+    assert [m["metrics"]["fid"] for m in again.results["models"]] == [m["metrics"]["fid"] for m in res.results["models"]]
+    # other settings for the same folder: refused, then replaced with --overwrite
+    with pytest.raises(GenlabError, match="other budget.*--name.*--overwrite"):
+        run_compare(["seed-vae", "seed-gan"], "digits", "4ep", samples=300, out_root=root,
+                    name="digits-seed-vae-seed-gan-3ep", progress=False, log=quiet)
+
+
+def test_reused_run_folders_are_never_written_into(compared, tmp_path):
+    _, res = compared
+    reused = tmp_path / "my-vae"
+    shutil.copytree(res.folder / "runs" / "seed-vae", reused)
+    (reused / "eval.json").unlink()
+    before = {p: p.stat().st_mtime_ns for p in reused.rglob("*")}
+    log = []
+    out = run_compare([str(reused), "seed-gan"], None, "3ep", samples=300, out_root=tmp_path / "c", progress=False,
+                      log=log.append)
+    assert {p: p.stat().st_mtime_ns for p in reused.rglob("*")} == before  # nothing written, nothing new
+    assert (out.folder / "evals" / "my-vae.json").is_file()
+    assert [m["name"] for m in out.results["models"]] == ["my-vae", "seed-gan"]
+    assert out.results["models"][0]["source"] == "run"
+
+
+def test_time_and_image_budgets(tmp_path):
+    out = run_compare(["seed-gan"], "digits", "1000img", samples=200, out_root=tmp_path, progress=False, log=quiet)
+    m = out.results["models"][0]
+    assert m["steps"] == math.ceil(1000 / 128) and m["images_seen"] >= 1000
+    out = run_compare(["seed-vae"], "digits", "2s", samples=200, out_root=tmp_path, progress=False, log=quiet)
+    st = state_of(out.folder / "runs" / "seed-vae")
+    assert 2.0 <= st["train_seconds"] < 30
+    log = []
+    run_compare(["seed-vae"], "digits", "2s", samples=200, out_root=tmp_path, progress=False, log=log.append)
+    assert any("trained (2s of training time per model), reusing" in x for x in log)
+    assert state_of(out.folder / "runs" / "seed-vae")["step"] == st["step"]
+
+
+def test_models_on_different_datasets_are_refused(tmp_path, compared):
+    _, res = compared
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "blobs.npz", images=rng.integers(0, 256, (200, 8, 8), dtype=np.uint8),
+             labels=rng.integers(0, 2, 200))
+    other = genlab.train("seed-vae", f"npz:{tmp_path / 'blobs.npz'}", out=tmp_path / "blob-vae", epochs=1,
+                         progress=False, device="cpu")
+    # without --data the first run's data is the comparison's
+    with pytest.raises(GenlabError, match="different datasets: run seed-gan was trained on digits, the comparison "
+                                          "is on npz:.*blobs.npz"):
+        run_compare([str(other.run_dir), str(res.folder / "runs" / "seed-gan")], None, None, samples=100,
+                    out_root=tmp_path / "c", progress=False, log=quiet)
+    with pytest.raises(GenlabError, match="different datasets: run blob-vae was trained on npz:.*blobs.npz, the "
+                                          "comparison is on digits"):
+        run_compare([str(other.run_dir)], "digits", None, out_root=tmp_path / "c", progress=False, log=quiet)
+
+
+def test_the_progress_strip_spans_training_from_first_to_last_epoch(tmp_path):
+    from genlab.compare.report import PROGRESS_GRIDS, _progress_strip
+
+    (tmp_path / "samples").mkdir()
+    for e in range(1, 21):
+        Image.new("L", (4, 4), e).save(tmp_path / "samples" / f"epoch-{e:04d}.png")
+    page = _progress_strip(tmp_path, epochs_completed=19)
+    shown = [int(x) for x in re.findall(r'alt="samples after epoch (\d+)', page)]
+    assert len(shown) == PROGRESS_GRIDS and shown[0] == 1 and shown[-1] == 20 and shown == sorted(set(shown))
+    assert "epoch 20 (partial: stopped at the budget)" in page and "epoch 1<" in page
