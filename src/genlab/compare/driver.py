@@ -370,7 +370,7 @@ def format_results(results: dict[str, Any]) -> str:
         nll = "n/a" if not m["likelihood"] else f"{nll_value(m['likelihood'])[0]:.1f}"
         body.append([m["name"], m["family"], f"{mm['fid']:.2f}", f"{mm['kid']:.4f}", f"{mm['precision']:.3f}",
                      f"{mm['recall']:.3f}", f"{mm['coverage']:.3f}", f"{mm['classes_covered']}/{mm['num_classes']}",
-                     nll, "-" if m["train_seconds"] is None else f"{m['train_seconds']:.0f}",
+                     nll, "-" if m["train_seconds"] is None else f"{m['train_seconds']:.{0 if m['train_seconds'] >= 10 else 1}f}",
                      "-" if m["img_per_s"] is None else f"{m['img_per_s']:,.0f}", f"{m['parameters']:,}"])
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
 

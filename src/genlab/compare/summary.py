@@ -21,6 +21,10 @@ def _cap(label: str) -> str:
     return "The" + label[3:] if label.startswith("the ") else label
 
 
+def _seconds(x: float) -> str:
+    return f"{x:.0f} s" if x >= 10 else f"{x:.2g} s"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
@@ -178,7 +182,7 @@ def _speed_sentences(models: list[dict[str, Any]], budget: dict[str, Any] | None
     if ratio >= SPEED_RATIO:
         what = f"the same {budget['description']}" if budget else "their training"
         return [(f"For {what}, {slow['name']} needed {ratio:.1f}x the training time of {fast['name']} "
-                f"({slow['train_seconds']:.0f} s vs {fast['train_seconds']:.0f} s).")]
+                f"({_seconds(slow['train_seconds'])} vs {_seconds(fast['train_seconds'])}).")]
     return []
 
 
