@@ -204,10 +204,17 @@ def test_models_and_names_are_checked(tmp_path):
     specs = parse_models(["seed-vae", "seed-gan"])
     assert default_name("fashion-mnist", specs, parse_budget("10m"), 0) == "fashion-mnist-seed-vae-seed-gan-10m"
     assert default_name("digits", specs, parse_budget("5ep"), 3) == "digits-seed-vae-seed-gan-5ep-seed3"
-    with pytest.raises(GenlabError, match="--budget is needed"):
-        run_compare(["seed-vae"], "digits", None, out_root=tmp_path, log=quiet)
     with pytest.raises(GenlabError, match="cannot read the budget"):
         run_compare(["seed-vae"], "digits", "soon", out_root=tmp_path, log=quiet)
+
+
+def test_presets_without_a_budget_get_the_default_budget(tmp_path, monkeypatch):
+    from genlab.compare import driver
+
+    assert parse_budget(driver.DEFAULT_BUDGET).as_dict()["kind"] == "seconds"
+    monkeypatch.setattr(driver, "DEFAULT_BUDGET", "1ep")  # the real default is minutes of training
+    res = run_compare(["seed-vae"], "digits", None, samples=100, out_root=tmp_path, progress=False, log=quiet)
+    assert res.results["settings"]["budget"]["value"] == 1 and res.results["models"][0]["epochs_completed"] == 1
 
 
 @pytest.fixture(scope="module")

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated presets (see `genlab models`) and/or run folders (reused as they are)")
     p.add_argument("--budget", metavar="B",
                    help="training per model: time (90s, 10m, 1h), epochs (5ep) or images seen (300kimg, 300000img); "
-                        "needed when presets are trained")
+                        "default 5m of training time per model")
     p.add_argument("--data", metavar="SOURCE",
                    help="data source (default: the reused runs' data, else digits; see `genlab datasets`)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")

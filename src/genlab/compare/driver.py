@@ -254,6 +254,9 @@ def _likelihood_entry(lk: dict[str, Any] | None, likelihood_k: int | None) -> di
 # ----------------------------------------------------------------------------- the command
 
 
+DEFAULT_BUDGET = "5m"  # per model when presets are trained: a laptop-CPU comparison in well under an hour
+
+
 def run_compare(models: list[str], data: str | None = None, budget: str | None = None, *, seed: int = 0,
                 samples: int = 10_000, likelihood_k: int | None = None, name: str | None = None,
                 out_root: str | Path = "compare", overwrite: bool = False, data_dir: str | None = None,
@@ -273,10 +276,9 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
         raise GenlabError(f"--likelihood-k must be at least 1, got {likelihood_k}.")
     specs = parse_models(models)
     run_configs = {s.tag: read_run_config(s.run_dir) for s in specs if s.source == "run"}
+    if budget is None and any(s.source == "preset" for s in specs):
+        budget = DEFAULT_BUDGET
     the_budget = parse_budget(budget) if budget is not None else None
-    if the_budget is None and any(s.source == "preset" for s in specs):
-        raise GenlabError("--budget is needed to train presets: give a training time (e.g. 10m), epochs (5ep) or "
-                          "images seen (300kimg) per model.")
 
     # one dataset for all: --data, else the reused runs' own (which must agree)
     if data is None and run_configs:

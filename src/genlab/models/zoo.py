@@ -56,6 +56,13 @@ register_preset(
     train={"epochs": 30, "batch_size": 128},  # 0.37 min/epoch
 )
 register_preset(
+    "vae-gmm", "conv-vae",
+    "conv VAE with KL weight 0.25 (sharper decoder) and a 20-component Gaussian-mixture prior fitted to "
+    "the aggregate posterior every epoch (ex-post density estimation, Ghosh et al. 2020), z 32",
+    model_config={"z_dim": 32, "beta": 0.25, "prior": "gmm", "prior_components": 20},
+    train={"epochs": 30, "batch_size": 128},  # 0.42 min/epoch with the mixture fits
+)
+register_preset(
     "beta-vae", "conv-vae",
     "beta-VAE (Higgins et al. 2017): beta 4, KL weight warmed up linearly over the first 2000 steps, z 10",
     model_config={"beta": 4.0, "kl_warmup_steps": 2000, "z_dim": 10},
