@@ -127,7 +127,7 @@ def test_summary_reports_the_best_fid_and_the_fidelity_diversity_trade_off():
     assert text[0] == "dcgan has the lowest FID (11.14); conv-vae's is 54% higher (17.10)."
     trade = [s for s in text if "closer to real images" in s]
     assert trade == [("Samples of the GAN dcgan are closer to real images (precision 0.74 vs 0.64), but the VAE "
-                      "conv-vae covers more of the data (coverage 0.21 vs 0.26, recall 0.44 vs 0.50).")]
+                      "conv-vae covers more of the data (coverage 0.26 vs 0.21, recall 0.50 vs 0.44).")]
     assert any("conv-vae 240.3 (-ELBO" in s and "dcgan is a GAN and defines no density" in s for s in text)
     assert "Every model draws all 10 classes (by the evaluator's predicted labels)." in text
     assert any(s.startswith("No model shows signs of copying") for s in text)
@@ -141,8 +141,8 @@ def test_summary_changes_when_the_numbers_change():
     assert any(s.startswith("The GAN dcgan beats the VAE conv-vae on both fidelity (precision 0.74 vs 0.64) and "
                             "diversity (coverage 0.40 vs 0.26") for s in text)
     models[1]["metrics"].update(coverage=0.21, recall=0.60)  # recall disagrees with coverage: said so
-    assert any(s.endswith("covers more of the data (coverage 0.21 vs 0.26; recall points the other way: 0.60 vs "
-                          "0.50).") for s in summarize(models))
+    assert any(s.endswith("covers more of the data (coverage 0.26 vs 0.21; recall points the other way: 0.50 vs "
+                          "0.60).") for s in summarize(models))
     models[1]["metrics"].update(precision=0.66, coverage=0.27)  # within the thresholds: alike
     assert any("are alike in fidelity" in s for s in summarize(models))
     models[1]["metrics"]["fid"] = 17.5  # within 5 % of 17.1: no winner on FID

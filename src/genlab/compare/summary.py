@@ -72,8 +72,14 @@ def _pair_sentence(a: dict[str, Any], b: dict[str, Any], label_a: str, label_b: 
         cov = f"{cov}, {rec}"
     big_p, big_c = abs(dp) >= PRECISION_GAP, abs(dc) >= DIVERSITY_GAP
     if big_p and big_c and (dp > 0) != (dc > 0):
-        closer, wider = (label_a, label_b) if dp > 0 else (label_b, label_a)
-        return f"Samples of {closer} are closer to real images ({prec}), but {wider} covers more of the data ({cov})."
+        # each figure pair in the order of the sentence's subject: "X is ahead (X's vs Y's)"
+        (cm, closer), (wm, wider) = ((ma, label_a), (mb, label_b)) if dp > 0 else ((mb, label_b), (ma, label_a))
+        wcov = f"coverage {wm['coverage']:.2f} vs {cm['coverage']:.2f}"
+        wrec = f"{wm['recall']:.2f} vs {cm['recall']:.2f}"
+        wcov += (f"; recall points the other way: {wrec}" if abs(dr) >= DIVERSITY_GAP and (dc > 0) != (dr > 0)
+                 else f", recall {wrec}")
+        return (f"Samples of {closer} are closer to real images (precision {cm['precision']:.2f} vs "
+                f"{wm['precision']:.2f}), but {wider} covers more of the data ({wcov}).")
     if big_p and big_c:
         lead, trail = (label_a, label_b) if dp > 0 else (label_b, label_a)
         return f"{_cap(lead)} beats {trail} on both fidelity ({prec}) and diversity ({cov})."

@@ -13,7 +13,7 @@ from .vaegan import VAEGAN, VAEGANConfig
 register_model("conv-gan", DCGAN, DCGANConfig,
                "convolutional GAN (DCGAN nets) with a choice of loss, spectral norm, GP/R1, EMA, conditioning")
 register_model("conv-vae", ConvVAE, ConvVAEConfig,
-               "convolutional VAE: bernoulli/gaussian/logistic decoder, beta + KL warm-up, IWAE, conditional")
+               "convolutional VAE: bernoulli/gaussian/logistic decoder, beta + KL warm-up, IWAE, conditional, GMM prior")
 register_model("vae-gan", VAEGAN, VAEGANConfig,
                "VAE-GAN (Larsen et al. 2016): reconstruction in a discriminator's feature space")
 
