@@ -90,7 +90,7 @@ def test_the_zoo_presets_are_registered_with_their_training_budgets():
     for name in ZOO_PRESETS:
         train = PRESETS[name].train
         assert train["epochs"] >= 1 and train["batch_size"] in (64, 128)
-    assert PRESETS["dcgan"].train["batch_size"] == 128
+    assert PRESETS["dcgan"].train["batch_size"] == 64 and PRESETS["dcgan"].model_config["ema_decay"] == 0.999
     assert PRESETS["wgan-gp"].model_config["gp_weight"] == 10.0 and PRESETS["wgan-gp"].model_config["n_critic"] == 5
 
 

@@ -21,9 +21,12 @@ register_model("vae-gan", VAEGAN, VAEGANConfig,
 register_preset(
     "dcgan", "conv-gan",
     "DCGAN (Radford et al. 2016): non-saturating loss, BatchNorm in G and D, Adam 2e-4 b=(0.5, 0.999), "
-    "batch 128, samples from an EMA of G (decay 0.999)",
+    "batch 64, samples from an EMA of G (decay 0.999)",
     model_config={"loss": "non-saturating", "ema_decay": 0.999},
-    train={"epochs": 5, "batch_size": 128},  # 2.35 min/epoch
+    # batch 64 (the paper: 128): twice the updates in the same CPU time. On Fashion-MNIST, 11 epochs
+    # (80 s each on the 2-core machine, 14.7 min) reach FID 9.23 / recall 0.71; batch 128 after 12
+    # epochs (15.0 min) reached 11.14 / 0.64.
+    train={"epochs": 11, "batch_size": 64},
 )
 register_preset(
     "wgan-gp", "conv-gan",
