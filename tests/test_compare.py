@@ -140,6 +140,11 @@ def test_summary_changes_when_the_numbers_change():
     text = summarize(models)
     assert any(s.startswith("The GAN dcgan beats the VAE conv-vae on both fidelity (precision 0.74 vs 0.64) and "
                             "diversity (coverage 0.40 vs 0.26") for s in text)
+    models[0]["metrics"].update(precision=0.89, coverage=0.49, recall=0.37)  # the VAE ahead on both:
+    assert any(s.startswith("The VAE conv-vae beats the GAN dcgan on both fidelity (precision 0.89 vs 0.74) and "
+                            "diversity (coverage 0.49 vs 0.40; recall points the other way: 0.37 vs 0.60)")
+               for s in summarize(models))  # its figures first, although the GAN is the sentence's first model
+    models[0]["metrics"].update(precision=0.64, coverage=0.26, recall=0.50)
     models[1]["metrics"].update(coverage=0.21, recall=0.60)  # recall disagrees with coverage: said so
     assert any(s.endswith("covers more of the data (coverage 0.26 vs 0.21; recall points the other way: 0.50 vs "
                           "0.60).") for s in summarize(models))

@@ -56,42 +56,44 @@ def _fid_sentences(models: list[dict[str, Any]]) -> list[str]:
 
 
 def _pair_sentence(a: dict[str, Any], b: dict[str, Any], label_a: str, label_b: str) -> str:
-    """What separates a from b in fidelity (precision) and diversity (coverage, with recall quoted)."""
+    """What separates a from b in fidelity (precision) and diversity (coverage, with recall quoted).
+
+    Every "x vs y" pair is written in the order of the clause's subject: "X is ahead (X's vs Y's)"."""
     ma, mb = a["metrics"], b["metrics"]
     dp = ma["precision"] - mb["precision"]
     dc = ma["coverage"] - mb["coverage"]
     dr = ma["recall"] - mb["recall"]
-    prec = f"precision {ma['precision']:.2f} vs {mb['precision']:.2f}"
-    cov = f"coverage {ma['coverage']:.2f} vs {mb['coverage']:.2f}"
-    rec = f"recall {ma['recall']:.2f} vs {mb['recall']:.2f}"
     # diversity is judged by coverage (robust to outliers, Naeem et al. 2020); recall is quoted, and a
     # recall difference in the other direction is said so
-    if abs(dc) >= DIVERSITY_GAP and abs(dr) >= DIVERSITY_GAP and (dc > 0) != (dr > 0):
-        cov = f"{cov}; recall points the other way: {ma['recall']:.2f} vs {mb['recall']:.2f}"
-    else:
-        cov = f"{cov}, {rec}"
+    recall_disagrees = abs(dc) >= DIVERSITY_GAP and abs(dr) >= DIVERSITY_GAP and (dc > 0) != (dr > 0)
+
+    def prec(x: dict[str, Any], y: dict[str, Any]) -> str:
+        return f"precision {x['precision']:.2f} vs {y['precision']:.2f}"
+
+    def div(x: dict[str, Any], y: dict[str, Any]) -> str:
+        rec = f"{x['recall']:.2f} vs {y['recall']:.2f}"
+        tail = f"; recall points the other way: {rec}" if recall_disagrees else f", recall {rec}"
+        return f"coverage {x['coverage']:.2f} vs {y['coverage']:.2f}{tail}"
+
+    by_p = ((ma, label_a), (mb, label_b)) if dp > 0 else ((mb, label_b), (ma, label_a))
+    by_c = ((ma, label_a), (mb, label_b)) if dc > 0 else ((mb, label_b), (ma, label_a))
     big_p, big_c = abs(dp) >= PRECISION_GAP, abs(dc) >= DIVERSITY_GAP
     if big_p and big_c and (dp > 0) != (dc > 0):
-        # each figure pair in the order of the sentence's subject: "X is ahead (X's vs Y's)"
-        (cm, closer), (wm, wider) = ((ma, label_a), (mb, label_b)) if dp > 0 else ((mb, label_b), (ma, label_a))
-        wcov = f"coverage {wm['coverage']:.2f} vs {cm['coverage']:.2f}"
-        wrec = f"{wm['recall']:.2f} vs {cm['recall']:.2f}"
-        wcov += (f"; recall points the other way: {wrec}" if abs(dr) >= DIVERSITY_GAP and (dc > 0) != (dr > 0)
-                 else f", recall {wrec}")
-        return (f"Samples of {closer} are closer to real images (precision {cm['precision']:.2f} vs "
-                f"{wm['precision']:.2f}), but {wider} covers more of the data ({wcov}).")
+        (cm, closer), (wm, wider) = by_p
+        return (f"Samples of {closer} are closer to real images ({prec(cm, wm)}), but {wider} covers more of "
+                f"the data ({div(wm, cm)}).")
     if big_p and big_c:
-        lead, trail = (label_a, label_b) if dp > 0 else (label_b, label_a)
-        return f"{_cap(lead)} beats {trail} on both fidelity ({prec}) and diversity ({cov})."
+        (lm, lead), (tm, trail) = by_p
+        return f"{_cap(lead)} beats {trail} on both fidelity ({prec(lm, tm)}) and diversity ({div(lm, tm)})."
     if big_p:
-        lead = label_a if dp > 0 else label_b
-        return (f"{_cap(label_a)} and {label_b} differ in fidelity, where {lead} is ahead ({prec}), "
-                f"not in diversity ({cov}).")
+        (lm, lead), (tm, _) = by_p
+        return (f"{_cap(label_a)} and {label_b} differ in fidelity, where {lead} is ahead ({prec(lm, tm)}), "
+                f"not in diversity ({div(lm, tm)}).")
     if big_c:
-        lead = label_a if dc > 0 else label_b
-        return (f"{_cap(label_a)} and {label_b} differ in diversity, where {lead} is ahead ({cov}), "
-                f"not in fidelity ({prec}).")
-    return f"{_cap(label_a)} and {label_b} are alike in fidelity ({prec}) and diversity ({cov})."
+        (lm, lead), (tm, _) = by_c
+        return (f"{_cap(label_a)} and {label_b} differ in diversity, where {lead} is ahead ({div(lm, tm)}), "
+                f"not in fidelity ({prec(lm, tm)}).")
+    return f"{_cap(label_a)} and {label_b} are alike in fidelity ({prec(ma, mb)}) and diversity ({div(ma, mb)})."
 
 
 def _best(models: list[dict[str, Any]]) -> dict[str, Any]:
