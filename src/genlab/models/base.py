@@ -5,8 +5,10 @@ steps), so a single Trainer drives VAEs, GANs and their hybrids alike.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -28,6 +30,63 @@ def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
+def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+    """Adam (Kingma & Ba 2015) with torch's fused kernel where it has one for the parameters' device
+    (CPU and CUDA, floating-point parameters): one pass per tensor instead of about ten element-wise
+    kernels. The same update as the for-loop implementation, to within float rounding (the last bit)."""
+    params = list(params)
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
+
+
+class StepContext:
+    """How a ``train_step`` runs its passes, whatever the precision and however many processes.
+
+    A model runs its forward passes under ``autocast()``, takes gradients with
+    ``backward(loss, name)`` (or ``scale(loss, name)`` before ``torch.autograd.grad``), updates
+    with ``step(optimizer, name)`` and draws its per-image noise with ``randn`` / ``rand`` /
+    ``bernoulli``. ``name`` names the optimizer the gradients are for (under fp16 each has its own
+    loss scale); ``reduction`` says how the loss reduces over the batch ("mean" or "sum"), so that
+    under torchrun the processes' gradients add up to those of the whole batch.
+
+    This base class is the plain single-process fp32 way, the exact arithmetic of calling
+    ``loss.backward()``, ``optimizer.step()`` and ``torch.randn`` directly. The Trainer hands a
+    model its ``genlab.training.context.TrainingContext`` (bf16/fp16 autocast, GradScalers,
+    gradients averaged across processes) through ``model.step_context``.
+    """
+
+    precision: str = "fp32"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Forward passes under this run in the training precision (a no-op in fp32)."""
+        return contextlib.nullcontext()
+
+    def scale(self, loss: Tensor, name: str = "default", reduction: str = "mean") -> Tensor:
+        """``loss`` as it is to be differentiated (loss-scaled under fp16, weighted under torchrun)."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        return loss
+
+    def backward(self, loss: Tensor, name: str = "default", reduction: str = "mean") -> None:
+        self.scale(loss, name, reduction).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, name: str = "default") -> None:
+        optimizer.step()
+
+    def randn(self, *shape: int, device: torch.device | None = None, batch_dim: int = 0) -> Tensor:
+        """Standard normal noise for this process's images (``shape[batch_dim]`` of them), from the
+        global stream."""
+        return torch.randn(shape, device=device)
+
+    def rand(self, *shape: int, device: torch.device | None = None, batch_dim: int = 0) -> Tensor:
+        """Uniform [0, 1) noise for this process's images, from the global stream."""
+        return torch.rand(shape, device=device)
+
+    def bernoulli(self, p: Tensor) -> Tensor:
+        """x ~ Bernoulli(p) element-wise, one image per row of ``p``."""
+        return torch.bernoulli(p)
+
+
 def as_float_images(x: Tensor) -> Tensor:
     """uint8 images in 0..255 (as stored) -> float in [0, 1] (the model boundary); float passes through."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
@@ -41,6 +100,8 @@ class GenerativeModel(nn.Module):
     """
 
     family: ClassVar[str] = ""
+    # how train_step runs its passes; the Trainer replaces this plain fp32 single-process one
+    step_context: StepContext = StepContext()
 
     def __init__(self, config: Any, image_shape: tuple[int, int, int], num_classes: int = 0):
         super().__init__()
@@ -61,7 +122,9 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     def train_step(self, batch: Batch, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Tensor]:
-        """One update on ``batch``. Returns detached scalar tensors (read back only when logged)."""
+        """One update on ``batch``, through ``self.step_context`` (see ``StepContext``). Returns
+        detached scalar tensors: no ``.item()`` or branching on tensor values (the host would wait
+        for the device); the Trainer reads them back only when it logs."""
         raise NotImplementedError
 
     # -- the latent interface (interpolation, traversal, truncation and samples all use it) ----

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..errors import GenlabError
 from ..nets import ConvDecoder, ConvEncoder, one_hot, require_labels
 from . import losses
-from .base import Batch, GenerativeModel, as_float_images, randn
+from .base import Batch, GenerativeModel, adam, as_float_images, randn
 from .priors import GaussianMixturePrior
 
 PRIORS = ("normal", "gmm")
@@ -155,6 +155,7 @@ class ConvVAE(GenerativeModel):
         """-log p(x|z) per image from the decoder's maps ``out``, in nats (the named likelihood)."""
         c = self.config
         ch = self.image_shape[0]
+        out = losses.fp32(out)  # the likelihood in float32 under mixed precision
         mean = torch.sigmoid(out[:, :ch])
         if c.likelihood == "bernoulli":
             return losses.bernoulli_nll(out, x)
@@ -230,24 +231,30 @@ class ConvVAE(GenerativeModel):
 
     # -- the common interface ----------------------------------------------------------------
     def configure_optimizers(self):
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        return {"vae": adam(self.parameters(), lr=self.config.lr)}
 
     def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
+        ctx = self.step_context
         x, labels = batch.images, batch.labels if self.label_dim else None
+        n = x.shape[0]
         beta = self.beta_at(step)
         logs: dict[str, Tensor] = {}
         if self.config.iwae_k > 1:  # maximise L_k (Burda et al. 2015, eq. 8)
-            bound = self.iwae_bound(x, labels, self.config.iwae_k, beta=beta)
+            noise = ctx.randn(self.config.iwae_k, n, self.config.z_dim, device=x.device, batch_dim=1)
+            with ctx.autocast():
+                bound = self.iwae_bound(x, labels, noise=noise, beta=beta)
             loss = -bound.mean()
             logs["iwae_bound"] = bound.detach().mean()
         else:  # minimise -ELBO = recon + beta * KL
-            terms = self.loss_terms(x, labels, beta=beta)
+            noise = ctx.randn(n, self.config.z_dim, device=x.device)
+            with ctx.autocast():
+                terms = self.loss_terms(x, labels, noise=noise, beta=beta)
             loss = terms["neg_elbo"].mean()
             logs.update(recon=terms["recon"].detach().mean(), kl=terms["kl"].detach().mean())
         opt = optimizers["vae"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        ctx.backward(loss, "vae")
+        ctx.step(opt, "vae")
         logs["loss"] = loss.detach()
         logs["beta"] = torch.tensor(beta, device=x.device)
         return logs

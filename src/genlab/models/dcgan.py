@@ -30,7 +30,7 @@ from ..nets import (
     require_labels,
 )
 from . import losses
-from .base import Batch, GenerativeModel
+from .base import Batch, GenerativeModel, adam
 
 PROBABILITY_LOSSES = ("minimax", "non-saturating")  # losses whose D output is a logit of D(x)
 
@@ -116,8 +116,8 @@ class DCGAN(GenerativeModel):
         c = self.config
         betas = (c.beta1, c.beta2)
         return {
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.d_lr or c.lr, betas=betas),
-            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
+            "d": adam(self.discriminator.parameters(), lr=c.d_lr or c.lr, betas=betas),
+            "g": adam(self.generator.parameters(), lr=c.lr, betas=betas),
         }
 
     def _real_and_fake_logits(self, real: Tensor, fake: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -129,37 +129,45 @@ class DCGAN(GenerativeModel):
 
     def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
         c = self.config
+        ctx = self.step_context
         real = batch.images
         labels = require_labels(batch.labels, "this GAN") if self.label_dim else None
         n = real.shape[0]
         opt_d, opt_g = optimizers["d"], optimizers["g"]
         # D step: score real and generated images, update D only.
-        z = torch.randn(n, c.z_dim, device=real.device)
-        fake = self.generate(z, labels).detach()
+        z = ctx.randn(n, c.z_dim, device=real.device)
         if c.r1_gamma > 0:
             real = real.detach().requires_grad_(True)  # R1 differentiates D(x) with respect to x
-        real_logits, fake_logits = self._real_and_fake_logits(real, fake, labels)
+        with ctx.autocast():
+            fake = self.generate(z, labels).detach()
+            real_logits, fake_logits = (t.float() for t in self._real_and_fake_logits(real, fake, labels))
         d_loss = self.loss.d_loss(real_logits, fake_logits)
         logs: dict[str, Tensor] = {}
         if c.gp_weight > 0:  # lambda * E[(||grad D(x_hat)|| - 1)^2]  (Gulrajani et al. 2017, eq. 3)
-            gp = losses.gradient_penalty(lambda x: self.discriminate(x, labels), real, fake)
+            eps = ctx.rand(n, device=real.device)
+            gp = losses.gradient_penalty(lambda x: self.discriminate(x, labels), real, fake, eps)  # in fp32
             d_loss = d_loss + c.gp_weight * gp
             logs["gp"] = gp.detach()
         if c.r1_gamma > 0:  # gamma / 2 * E[||grad_x D(x)||^2]  (Mescheder et al. 2018, eq. 9)
-            r1 = losses.r1_penalty(real_logits, real)
+            if ctx.precision == "fp32":
+                r1 = losses.r1_penalty(real_logits, real)
+            else:  # the penalty in fp32: D(x) again, outside autocast, for its gradient with respect to x
+                r1 = losses.r1_penalty(losses.in_fp32(lambda x: self.discriminate(x, labels), real), real)
             d_loss = d_loss + 0.5 * c.r1_gamma * r1
             logs["r1"] = r1.detach()
         opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        ctx.backward(d_loss, "d")
+        ctx.step(opt_d, "d")
         # G step every n_critic-th step: generate again, score with the frozen D, update G only.
         if (step + 1) % c.n_critic == 0:
             self.discriminator.requires_grad_(False)
-            z = torch.randn(n, c.z_dim, device=real.device)
-            g_loss = self.loss.g_loss(self.discriminate(self.generate(z, labels), labels))
+            z = ctx.randn(n, c.z_dim, device=real.device)
+            with ctx.autocast():
+                fake_scores = self.discriminate(self.generate(z, labels), labels).float()
+            g_loss = self.loss.g_loss(fake_scores)
             opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
+            ctx.backward(g_loss, "g")
+            ctx.step(opt_g, "g")
             self.discriminator.requires_grad_(True)
             if self.generator_ema is not None:
                 ema_update(self.generator_ema, self.generator, self.ema_decay_at(step))

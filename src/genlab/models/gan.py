@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..nets import mlp
 from . import losses
-from .base import Batch, GenerativeModel
+from .base import Batch, GenerativeModel, adam
 
 
 @dataclass
@@ -60,30 +60,34 @@ class MLPGAN(GenerativeModel):
         c = self.config
         betas = (c.beta1, c.beta2)
         return {
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
-            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
+            "d": adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
+            "g": adam(self.generator.parameters(), lr=c.lr, betas=betas),
         }
 
     def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
+        ctx = self.step_context
         real = batch.images
         n = real.shape[0]
         opt_d, opt_g = optimizers["d"], optimizers["g"]
         # 2a) noise -> a batch of fakes; 2b) D scores real and fake; 2c) update D only.
-        z = torch.randn(n, self.config.z_dim, device=real.device)
-        fake = self.generate(z).detach()
-        # one pass over real and fake together: the same D(x) per image, one larger matmul
-        real_logits, fake_logits = self.discriminate(torch.cat([real, fake])).split([n, n])
+        z = ctx.randn(n, self.config.z_dim, device=real.device)
+        with ctx.autocast():
+            fake = self.generate(z).detach()
+            # one pass over real and fake together: the same D(x) per image, one larger matmul
+            real_logits, fake_logits = self.discriminate(torch.cat([real, fake])).float().split([n, n])
         d_loss = self.loss.d_loss(real_logits, fake_logits)
         opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        ctx.backward(d_loss, "d")
+        ctx.step(opt_d, "d")
         # 2d) freeze D, generate again; 2e) the frozen D scores them; 2f) update G only.
         self.discriminator.requires_grad_(False)
-        z = torch.randn(n, self.config.z_dim, device=real.device)
-        g_loss = self.loss.g_loss(self.discriminate(self.generate(z)))
+        z = ctx.randn(n, self.config.z_dim, device=real.device)
+        with ctx.autocast():
+            fake_logits_g = self.discriminate(self.generate(z)).float()
+        g_loss = self.loss.g_loss(fake_logits_g)
         opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
+        ctx.backward(g_loss, "g")
+        ctx.step(opt_g, "g")
         self.discriminator.requires_grad_(True)
         with torch.no_grad():
             d_real = torch.sigmoid(real_logits).mean()

@@ -4,6 +4,10 @@ Conventions: images are float in [0, 1]; a discriminator returns *logits* (its p
 is ``D(x) = sigmoid(logit)``), because ``log sigmoid`` computed from logits is exact where
 ``log(D(x))`` of a saturated probability is not. Per-image losses are summed over pixels
 (nats per image); the reduction over the batch is the caller's choice.
+
+Mixed precision: every loss is computed in float32 (bf16/fp16 inputs from an autocast forward
+pass are cast up first; float32 and float64 pass through untouched), and the gradient penalties
+run their critic pass and their gradient in float32 with autocast off.
 """
 from __future__ import annotations
 
@@ -15,6 +19,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOG_2PI = math.log(2.0 * math.pi)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def fp32(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is a 16-bit float (an autocast output); any other tensor as it is."""
+    return t.float() if t.dtype in _HALF else t
+
+
+def in_fp32(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn(x)`` with autocast off and x in float32 (the output cast to float32 too): for the passes
+    whose gradients a penalty differentiates, where 16-bit rounding would swamp the signal."""
+    with torch.autocast(x.device.type, enabled=False):
+        return fp32(fn(fp32(x)))
 
 # ----------------------------------------------------------------------------- VAE
 
@@ -24,6 +41,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 
     Kingma & Welling 2014, Appendix B:  -1/2 * sum(1 + log sigma^2 - mu^2 - sigma^2).
     """
+    mu, logvar = fp32(mu), fp32(logvar)
     return -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
 
 
@@ -43,6 +61,7 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     Equals the seed's ``binary_cross_entropy(sigmoid(logits), x, reduction='sum')`` per image;
     for grey targets x in (0, 1) it is the cross-entropy, not a normalised likelihood.
     """
+    logits, x = fp32(logits), fp32(x)
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 
@@ -53,6 +72,7 @@ def gaussian_nll(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     against x (a fixed variance is a scalar tensor). A density on [0, 1], not a probability of the
     8-bit pixel values: compare it with the discrete likelihoods only after dequantization.
     """
+    x, mean, logvar = fp32(x), fp32(mean), fp32(logvar)
     nll = 0.5 * (LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar))
     return nll.expand_as(x).flatten(1).sum(1)
 
@@ -80,6 +100,7 @@ def discretized_logistic_nll(x: Tensor, mean: Tensor, log_scale: Tensor, bins: i
     up to +inf (P(1) = 1 - sigma((1 - 1/510 - mean) / s)), so the 256 probabilities sum to 1 and
     nll / (C*H*W * log 2) is a true bits/dim.
     """
+    x, mean, log_scale = fp32(x), fp32(mean), fp32(log_scale)
     half_bin = 0.5 / (bins - 1)
     inv_s = torch.exp(-log_scale)
     upper = (x - mean + half_bin) * inv_s
@@ -93,6 +114,7 @@ def discretized_logistic_nll(x: Tensor, mean: Tensor, log_scale: Tensor, bins: i
 
 def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; mu, diag(exp(logvar))) summed over the last dimension (the latent log-density)."""
+    z, mu, logvar = fp32(z), fp32(mu), fp32(logvar)
     return -0.5 * torch.sum(LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar), dim=-1)
 
 
@@ -123,6 +145,7 @@ def minimax_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
     At D = 1/2 everywhere (logits 0) this is 2 log 2, the value at the game's equilibrium.
     """
+    real_logits, fake_logits = fp32(real_logits), fp32(fake_logits)
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
@@ -131,23 +154,27 @@ def minimax_g_loss(fake_logits: Tensor) -> Tensor:
 
     Its gradient vanishes when D confidently rejects the fakes (early training).
     """
+    fake_logits = fp32(fake_logits)
     return -F.softplus(fake_logits).mean()
 
 
 def non_saturating_g_loss(fake_logits: Tensor) -> Tensor:
     """Maximise E_z[log D(G(z))] instead (Goodfellow et al. 2014, section 3): the same fixed
     point, but strong gradients exactly when D rejects the fakes."""
+    fake_logits = fp32(fake_logits)
     return F.softplus(-fake_logits).mean()
 
 
 def least_squares_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """Least-squares GAN, discriminator (Mao et al. 2017, eq. 9 with a = 0, b = 1):
     1/2 E_x[(D(x) - 1)^2] + 1/2 E_z[D(G(z))^2], D the raw output (no sigmoid)."""
+    real_logits, fake_logits = fp32(real_logits), fp32(fake_logits)
     return 0.5 * (real_logits - 1.0).pow(2).mean() + 0.5 * fake_logits.pow(2).mean()
 
 
 def least_squares_g_loss(fake_logits: Tensor) -> Tensor:
     """Least-squares GAN, generator (Mao et al. 2017, eq. 9 with c = 1): 1/2 E_z[(D(G(z)) - 1)^2]."""
+    fake_logits = fp32(fake_logits)
     return 0.5 * (fake_logits - 1.0).pow(2).mean()
 
 
@@ -155,22 +182,26 @@ def wasserstein_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """WGAN critic (Arjovsky et al. 2017, eq. 3): maximise E_x[D(x)] - E_z[D(G(z))], i.e. minimise
     E_z[D(G(z))] - E_x[D(x)]. Meaningful only for a Lipschitz critic: add ``gradient_penalty``
     (or use spectral normalization)."""
+    real_logits, fake_logits = fp32(real_logits), fp32(fake_logits)
     return fake_logits.mean() - real_logits.mean()
 
 
 def wasserstein_g_loss(fake_logits: Tensor) -> Tensor:
     """WGAN generator (Arjovsky et al. 2017, eq. 3): minimise -E_z[D(G(z))]."""
+    fake_logits = fp32(fake_logits)
     return -fake_logits.mean()
 
 
 def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """Hinge loss, discriminator (Lim & Ye 2017; Miyato et al. 2018, eq. 16):
     E_x[max(0, 1 - D(x))] + E_z[max(0, 1 + D(G(z)))]."""
+    real_logits, fake_logits = fp32(real_logits), fp32(fake_logits)
     return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
 
 
 def hinge_g_loss(fake_logits: Tensor) -> Tensor:
     """Hinge loss, generator (Miyato et al. 2018, eq. 17): -E_z[D(G(z))]."""
+    fake_logits = fp32(fake_logits)
     return -fake_logits.mean()
 
 
@@ -181,22 +212,24 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
 
     Built with ``create_graph=True`` so that the penalty can be back-propagated into the critic;
     the caller multiplies by lambda (10 in the paper). ``eps`` (shape (B,) or broadcastable to the
-    images) may be given for reproducibility; otherwise it comes from the global RNG.
+    images) may be given for reproducibility; otherwise it comes from the global RNG. The critic
+    pass and the gradient are float32 with autocast off, whatever the training precision.
     """
     if eps is None:
         eps = torch.rand(real.shape[0], device=real.device)
     eps = eps.reshape(-1, *([1] * (real.dim() - 1))) if eps.dim() == 1 else eps
-    x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    x_hat = (eps * fp32(real.detach()) + (1.0 - eps) * fp32(fake.detach())).requires_grad_(True)
+    (grad,) = torch.autograd.grad(in_fp32(critic, x_hat).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
 
 
 def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
     """R1 regulariser (Mescheder et al. 2018, eq. 9 without the gamma/2): E_x[||grad_x D(x)||^2]
     on real data. ``real`` must have ``requires_grad`` set before ``real_logits = D(real)``; the
-    caller multiplies by gamma / 2."""
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-    return grad.pow(2).flatten(1).sum(1).mean()
+    caller multiplies by gamma / 2. Under mixed precision compute the logits for it with
+    ``in_fp32(D, real)``, so that the gradient is a float32 one."""
+    (grad,) = torch.autograd.grad(fp32(real_logits).sum(), real, create_graph=True)
+    return fp32(grad).pow(2).flatten(1).sum(1).mean()
 
 
 class GANLoss(NamedTuple):

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..nets import mlp
 from . import losses
-from .base import Batch, GenerativeModel, as_float_images, randn
+from .base import Batch, GenerativeModel, adam, as_float_images, randn
 
 
 @dataclass
@@ -84,19 +84,22 @@ class MLPVAE(GenerativeModel):
 
     # -- the common interface ----------------------------------------------------------------
     def configure_optimizers(self):
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        return {"vae": adam(self.parameters(), lr=self.config.lr)}
 
     def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
+        ctx = self.step_context
         x = batch.images
+        n = x.shape[0]
         if self.config.binarize:  # the binarized-MNIST protocol of the IWAE literature
-            x = torch.bernoulli(x)
-        terms = self.loss_terms(x)
+            x = ctx.bernoulli(x)
+        eps = ctx.randn(n, self.config.z_dim, device=x.device)  # the reparameterization's noise
+        with ctx.autocast():
+            terms = self.loss_terms(x, noise=eps)
         loss = terms["neg_elbo"].sum()  # the seed sums over the batch (reduction='sum')
         opt = optimizers["vae"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        n = x.shape[0]
+        ctx.backward(loss, "vae", reduction="sum")
+        ctx.step(opt, "vae")
         return {"loss": loss.detach() / n, "recon": terms["recon"].detach().mean(), "kl": terms["kl"].detach().mean()}
 
     @torch.no_grad()

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..nets import ConvDecoder, ConvDiscriminator, ConvEncoder, dcgan_init
 from . import losses
-from .base import Batch, GenerativeModel, as_float_images
+from .base import Batch, GenerativeModel, adam, as_float_images
 
 
 @dataclass
@@ -78,44 +78,52 @@ class VAEGAN(GenerativeModel):
         c = self.config
         betas = (c.beta1, c.beta2)
         return {
-            "enc": torch.optim.Adam(self._encoder_parameters(), lr=c.lr, betas=betas),
-            "dec": torch.optim.Adam(self.decoder.parameters(), lr=c.lr, betas=betas),
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
+            "enc": adam(self._encoder_parameters(), lr=c.lr, betas=betas),
+            "dec": adam(self.decoder.parameters(), lr=c.lr, betas=betas),
+            "d": adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
         }
 
     def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
         c = self.config
+        ctx = self.step_context
         x = batch.images
         n = x.shape[0]
-        mu, logvar = self.encode(x)
-        x_tilde = self.decode(losses.reparameterize(mu, logvar))  # x~ = Dec(z), z ~ q(z|x)
-        x_p = self.decode(torch.randn(n, c.z_dim, device=x.device))  # x_p = Dec(z_p), z_p ~ p(z)
-        # Discriminator: ascend L_GAN on x vs both kinds of fakes (one pass; no BatchNorm in D).
-        logits = self.discriminator(torch.cat([x, x_tilde.detach(), x_p.detach()]))
+        eps = ctx.randn(n, c.z_dim, device=x.device)
+        z_p = ctx.randn(n, c.z_dim, device=x.device)
+        with ctx.autocast():
+            mu, logvar = self.encode(x)
+            x_tilde = self.decode(losses.reparameterize(mu, logvar, eps))  # x~ = Dec(z), z ~ q(z|x)
+            x_p = self.decode(z_p)  # x_p = Dec(z_p), z_p ~ p(z)
+            # Discriminator: ascend L_GAN on x vs both kinds of fakes (one pass; no BatchNorm in D).
+            logits = self.discriminator(torch.cat([x, x_tilde.detach(), x_p.detach()])).float()
         d_loss = self.loss.d_loss(logits[:n], logits[n:])
         opt_d = optimizers["d"]
         opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        ctx.backward(d_loss, "d")
+        ctx.step(opt_d, "d")
         # Encoder and decoder through the frozen, updated discriminator: one pass gives Dis_l of
         # x, x~ and x_p, and the logits of the fakes from the same features.
         self.discriminator.requires_grad_(False)
-        f_real, f_tilde, f_prior = self.discriminator.features(torch.cat([x, x_tilde, x_p])).split([n, n, n])
+        with ctx.autocast():
+            f_real, f_tilde, f_prior = self.discriminator.features(torch.cat([x, x_tilde, x_p])).split([n, n, n])
+            fake_logits = self.discriminator.head(torch.cat([f_tilde, f_prior]))
+        f_real, f_tilde = losses.fp32(f_real), losses.fp32(f_tilde)
         llike = 0.5 * (f_tilde - f_real.detach()).pow(2).sum(1).mean()  # L_llike^{Dis_l}, eqs. 5-6
         prior = losses.gaussian_kl(mu, logvar).mean()  # L_prior, eq. 3
-        g_loss = self.loss.g_loss(self.discriminator.head(torch.cat([f_tilde, f_prior])))  # the decoder's L_GAN
+        g_loss = self.loss.g_loss(fake_logits)  # the decoder's L_GAN
         enc_params, dec_params = self._encoder_parameters(), list(self.decoder.parameters())
-        # each network gets only its own loss's gradient (Algorithm 1), so take the terms apart:
-        g_llike = torch.autograd.grad(llike, enc_params + dec_params, retain_graph=True)
-        g_prior = torch.autograd.grad(prior, enc_params, retain_graph=True)
-        g_gan = torch.autograd.grad(g_loss, dec_params)  # stops at the decoder: never reaches the encoder
+        # each network gets only its own loss's gradient (Algorithm 1), so take the terms apart
+        # (one loss scale, "vae", for the encoder's and the decoder's terms alike):
+        g_llike = torch.autograd.grad(ctx.scale(llike, "vae"), enc_params + dec_params, retain_graph=True)
+        g_prior = torch.autograd.grad(ctx.scale(prior, "vae"), enc_params, retain_graph=True)
+        g_gan = torch.autograd.grad(ctx.scale(g_loss, "vae"), dec_params)  # stops at the decoder: never reaches the encoder
         ne = len(enc_params)
         for p, gl, gp in zip(enc_params, g_llike[:ne], g_prior):
             p.grad = gl + c.beta * gp  # encoder: beta * L_prior + L_llike
         for p, gl, gg in zip(dec_params, g_llike[ne:], g_gan):
             p.grad = c.gamma * gl + gg  # decoder: gamma * L_llike - L_GAN (as a generator loss)
-        optimizers["enc"].step()
-        optimizers["dec"].step()
+        ctx.step(optimizers["enc"], "vae")
+        ctx.step(optimizers["dec"], "vae")
         self.discriminator.requires_grad_(True)
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "llike": llike.detach(),
                 "kl": prior.detach()}

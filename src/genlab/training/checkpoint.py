@@ -98,9 +98,21 @@ def load_model_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
         raise RunError(f"checkpoint {path} does not fit the model in config.json: {e}") from None
 
 
+# how an optimizer computes, not what: the current optimizer's choice wins over the checkpoint's
+# (a run saved with the for-loop Adam resumes with the fused one, and a fused one on a device without it)
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def load_optimizers(optimizers: dict[str, torch.optim.Optimizer], tensors, meta) -> None:
     for name, opt in optimizers.items():
-        opt.load_state_dict(_optimizer_from_flat(name, meta["optimizers"][name], tensors))
+        sd = _optimizer_from_flat(name, meta["optimizers"][name], tensors)
+        for saved, current in zip(sd["param_groups"], opt.param_groups):
+            for flag in IMPLEMENTATION_FLAGS:
+                if flag in current:
+                    saved[flag] = current[flag]
+                else:
+                    saved.pop(flag, None)
+        opt.load_state_dict(sd)
 
 
 def rng_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
