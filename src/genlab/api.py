@@ -20,8 +20,9 @@ from .errors import GenlabError, RunError
 from .fileio import atomic_write_json
 from .models.base import GenerativeModel
 from .models.registry import build_model, make_config, resolve
+from .training import distributed
 from .training.run import load, load_run_dataset, model_from_config, next_free_dir, read_run_config, train_config_from, write_run_config
-from .training.trainer import Trainer, TrainConfig, TrainState
+from .training.trainer import Trainer, TrainConfig, TrainState, check_train_config, resolve_device
 
 __all__ = ["train", "resume", "load", "TrainResult"]
 
@@ -67,45 +68,61 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
           max_steps: int | None = None, max_seconds: float | None = None, data_dir: str | Path | None = None,
           image_size: int | None = None, channels: int | None = None, device: str = "auto", progress: bool = True,
-          overwrite: bool = False, runs_root: str | Path = "runs", **model_settings: Any) -> TrainResult:
+          overwrite: bool = False, runs_root: str | Path = "runs", precision: str = "fp32", compile: bool = False,
+          channels_last: bool = False, **model_settings: Any) -> TrainResult:
     """Train a model or preset (see ``genlab models``) on a data source (see ``genlab datasets``).
 
     ``model_settings`` override fields of the model's config dataclass (e.g. ``g_loss="minimax"``).
     ``max_steps`` / ``max_seconds`` stop the run early (with a checkpoint) after that many steps / seconds
-    of training time in all.
+    of training time in all. ``precision`` ("fp32", "bf16", or "fp16" on a CUDA GPU), ``compile``
+    (torch.compile) and ``channels_last`` choose how fast it runs; they are saved with the run.
     Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken).
+
+    Under torchrun (``torchrun --nproc-per-node N``) every process calls this alike: they train
+    together (see ``genlab.training.distributed``), ``batch_size`` is the batch of all of them, and
+    rank 0 alone writes the run folder.
     """
+    dist, this_device = distributed.setup(device)
     preset = resolve(model)
-    dataset = load_dataset(data, data_dir=data_dir, image_size=image_size, channels=channels, progress=progress)
+    with distributed.main_first():  # a download or a cache is made once
+        dataset = load_dataset(data, data_dir=data_dir, image_size=image_size, channels=channels,
+                               progress=progress and dist.is_main)
     settings = {**preset.model_config, **model_settings}
     if lr is not None:
         settings["lr"] = lr
     model_cfg = make_config(preset.model, settings)
     overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "max_seconds": max_seconds}
     train_cfg = TrainConfig(**{**preset.train, **{k: v for k, v in overrides.items() if v is not None},
-                               "seed": seed, "device": device})
-    if train_cfg.epochs < 1 or train_cfg.batch_size < 1:
-        raise GenlabError("--epochs and --batch-size must be at least 1.")
+                               "seed": seed, "device": device, "precision": precision, "compile": bool(compile),
+                               "channels_last": bool(channels_last)})
+    check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     if max_seconds is not None and max_seconds <= 0:
         raise GenlabError(f"the training time limit must be positive, got {max_seconds} s.")
     data_tag = dataset.name.split(":", 1)[0] if ":" in dataset.name else dataset.name
-    run_dir = _prepare_run_dir(out, f"{preset.name}-{data_tag}", runs_root, overwrite)
     torch.manual_seed(seed)  # weight initialisation
     net = build_model(preset.model, model_cfg, dataset.image_shape, dataset.num_classes)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, name=preset.name, model=preset.model, model_config=model_cfg, train=train_cfg,
-                     data=_data_record(dataset, {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-                                                 "image_size": image_size, "channels": channels}),
-                     parameters=net.parameter_count())
-    trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress)
+    run_dir = None
+    if dist.is_main:
+        run_dir = _prepare_run_dir(out, f"{preset.name}-{data_tag}", runs_root, overwrite)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(run_dir, name=preset.name, model=preset.model, model_config=model_cfg, train=train_cfg,
+                         data=_data_record(dataset, {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+                                                     "image_size": image_size, "channels": channels}),
+                         parameters=net.parameter_count())
+    run_dir = Path(distributed.broadcast_object(None if run_dir is None else str(run_dir)))
+    trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress, device=this_device)
     status = trainer.fit()
     return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | None = None,
-           max_seconds: float | None = None, device: str | None = None, progress: bool = True) -> TrainResult:
+           max_seconds: float | None = None, device: str | None = None, progress: bool = True,
+           precision: str | None = None, compile: bool | None = None,
+           channels_last: bool | None = None) -> TrainResult:
     """Continue a stopped run from its last checkpoint; ``epochs`` may extend it, ``max_steps`` /
-    ``max_seconds`` (steps / training seconds in all, counting those before the stop) limit it."""
+    ``max_seconds`` (steps / training seconds in all, counting those before the stop) limit it.
+    ``precision``, ``compile`` and ``channels_last`` default to the run's own; under torchrun every
+    process resumes from the same checkpoint."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     train_cfg = train_config_from(config)
@@ -115,11 +132,18 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
     train_cfg.max_seconds = max_seconds
     if device is not None:
         train_cfg.device = device
-    dataset = load_run_dataset(config, progress=progress)
+    for name, value in (("precision", precision), ("compile", compile), ("channels_last", channels_last)):
+        if value is not None:
+            setattr(train_cfg, name, value)
+    dist, this_device = distributed.setup(train_cfg.device)
+    check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
+    with distributed.main_first():
+        dataset = load_run_dataset(config, progress=progress and dist.is_main)
     net = model_from_config(config)
-    trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress)
+    trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress, device=this_device)
     trainer.restore()
-    config["train"] = dataclasses.asdict(train_cfg)
-    atomic_write_json(run_dir / "config.json", config)
+    if dist.is_main:
+        config["train"] = dataclasses.asdict(train_cfg)
+        atomic_write_json(run_dir / "config.json", config)
     status = trainer.fit()
     return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ EPILOG = """examples:
   genlab train seed-vae --data fashion-mnist   the seed's VAE on Fashion-MNIST
   genlab train seed-gan --g-loss minimax       the seed's GAN with the minimax generator loss
   genlab train --resume runs/seed-vae-digits   continue a stopped run
+  genlab train seed-vae --precision bf16 --compile          faster: bf16 autocast, torch.compile
+  torchrun --nproc-per-node 2 -m genlab train seed-vae      two processes (DDP; gloo on CPU, NCCL on GPUs)
   genlab sample runs/seed-vae-digits -n 64 -o grid.png
   genlab reconstruct runs/seed-vae-digits
   genlab compare --data fashion-mnist --models seed-vae,seed-gan,conv-vae,dcgan --budget 10m
@@ -69,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder given by --out")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="fp32 (default), bf16 (autocast; CPU or GPU) or fp16 (autocast + loss scaling; CUDA GPUs)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model's networks (its warm-up is logged apart, not in img/s)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout for convolutional models (may help on GPUs; measure on CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("sample", help="draw samples from a trained run", description=(
@@ -204,7 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    from .training import distributed
+
+    try:
+        code = _train(args)
+    except BaseException:
+        distributed.shutdown(wait=False)  # under torchrun: torchrun stops the other processes
+        raise
+    if distributed.current().active:
+        # under torchrun: leave the process group together, then exit at once. An ordinary exit
+        # tears down C++ objects (gloo's threads among them) in an order that now and then aborts
+        # the process ("terminate called without an active exception") after a run that went well.
+        distributed.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _train(args) -> int:
     from .api import resume, train
+    from .training import distributed
 
     progress = not args.no_progress
     if args.max_minutes is not None and args.max_minutes <= 0:
@@ -213,9 +242,10 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.model or args.set or args.g_loss or args.lr or args.batch_size:
             raise GenlabError("--resume continues a run with its own settings; only --epochs, --max-steps, "
-                              "--max-minutes and --device may change.")
+                              "--max-minutes, --device, --precision, --compile and --channels-last may change.")
         result = resume(args.resume, epochs=args.epochs, max_steps=args.max_steps, max_seconds=max_seconds,
-                        device=args.device, progress=progress)
+                        device=args.device, progress=progress, precision=args.precision, compile=args.compile,
+                        channels_last=args.channels_last)
     else:
         if not args.model:
             raise GenlabError("name a model or preset to train (e.g. `genlab train seed-vae`), or --resume RUN. "
@@ -227,7 +257,10 @@ def cmd_train(args) -> int:
                        lr=args.lr, seed=args.seed, max_steps=args.max_steps, max_seconds=max_seconds,
                        data_dir=args.data_dir,
                        image_size=args.image_size, channels=args.channels, device=args.device or "auto",
-                       progress=progress, overwrite=args.overwrite, **settings)
+                       progress=progress, overwrite=args.overwrite, precision=args.precision or "fp32",
+                       compile=bool(args.compile), channels_last=bool(args.channels_last), **settings)
+    if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
+        return 130 if result.status == "interrupted" else 0
     print(f"run folder: {result.run_dir}")
     if result.samples:
         print(f"samples:    {result.samples}")

@@ -2,7 +2,8 @@
 
 One file, ``checkpoints/last.safetensors``, holds the model weights, every optimizer's state
 tensors and the random-number-generator states; its safetensors metadata carries the JSON
-training state (step, epoch, position in the epoch, optimizer hyper-parameters). Writing it
+training state (step, epoch, position in the epoch, optimizer hyper-parameters, and under fp16
+the GradScalers' loss scales). Writing it
 is atomic (temporary file, fsync, ``os.replace``), so a kill at any moment leaves either the
 previous checkpoint or the new one, never a torn file. ``last.json`` beside it is a readable
 copy of the metadata for people; loading never needs it.
@@ -55,8 +56,10 @@ def _optimizer_from_flat(name: str, meta: dict, tensors: dict[str, torch.Tensor]
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                    rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """Write model, optimizers, RNG states and the JSON ``state`` atomically to ``path``."""
+                    rng: dict[str, torch.Tensor], state: dict[str, Any],
+                    scalers: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write model, optimizers, RNG states, the JSON ``state`` and the GradScalers' states
+    (``GradScaler.state_dict()``: numbers only) atomically to ``path``."""
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
         tensors[f"model/{k}"] = v.detach().cpu().contiguous()
@@ -64,6 +67,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict[str, to
     for k, v in rng.items():
         tensors[f"rng/{k}"] = v.cpu().contiguous()
     meta = {"format": FORMAT, "state": state, "optimizers": optim_meta}
+    if scalers:
+        meta["scalers"] = scalers
     data = st_save(tensors, metadata={"genlab": json.dumps(meta)})
     path = Path(path)
     atomic_write_bytes(path, data)

@@ -2,14 +2,19 @@
 
 The model owns its update rule (``train_step``); the Trainer owns everything around it:
 batches, the random streams, progress, ``metrics.jsonl``, sample grids at fixed noise,
-checkpoints, resume, Ctrl-C and non-finite losses. Only rank 0 (``RANK`` from torchrun)
-logs and writes, so multi-process training slots in without touching this loop's shape.
+checkpoints, resume, Ctrl-C and non-finite losses, and how fast a step runs: the training
+precision and several processes (``context.TrainingContext``, handed to the model as
+``model.step_context``), torch.compile and channels-last (``speed``).
+
+Under torchrun (``distributed``) every process runs this loop on its share of each batch;
+rank 0 alone logs, evaluates, samples and writes, and the decisions to stop (Ctrl-C/SIGTERM to
+any process, the time limit, a non-finite loss) and to checkpoint mid-epoch are taken by all
+processes together every ``log_every`` steps, so every collective is reached by all of them.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -22,11 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.batches import BatchIterator
-from ..errors import RunError
+from ..errors import GenlabError, RunError
 from ..fileio import atomic_write_bytes
 from ..models.base import GenerativeModel
 from ..viz.grid import save_grid
 from . import checkpoint as ckpt
+from . import distributed, speed
+from .context import TrainingContext, check_precision
 
 
 @dataclass
@@ -44,6 +51,9 @@ class TrainConfig:
     drop_last: bool = False  # the seed's DataLoader keeps the last, smaller batch
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (long epochs lose little to a kill -9)
     device: str = "auto"
+    precision: str = "fp32"  # "fp32", "bf16" (autocast on CPU or GPU) or "fp16" (autocast + loss scaling, CUDA)
+    compile: bool = False  # torch.compile the model's networks (warm-up logged apart, not in img/s)
+    channels_last: bool = False  # NHWC weights and batches for convolutional models
 
 
 @dataclass
@@ -61,6 +71,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def check_train_config(config: TrainConfig, device: torch.device, world_size: int = 1) -> None:
+    """Clear errors for settings this device or process count cannot train with, before a run
+    folder is made."""
+    if config.epochs < 1 or config.batch_size < 1:
+        raise GenlabError("--epochs and --batch-size must be at least 1.")
+    if config.batch_size % world_size:
+        raise GenlabError(f"--batch-size {config.batch_size} is the batch of all {world_size} processes together "
+                          f"and must divide evenly among them: use a multiple of {world_size}.")
+    check_precision(config.precision, device)
+    if config.compile:
+        speed.check_compile(device)
 
 
 class _StopRequest:
@@ -93,15 +116,25 @@ class Trainer:
     """Trains ``model`` on ``dataset`` (a ``genlab.data.Dataset``), writing into ``run_dir``."""
 
     def __init__(self, model: GenerativeModel, dataset, config: TrainConfig, run_dir: str | Path,
-                 progress: bool = True):
+                 progress: bool = True, device: str | torch.device | None = None):
         self.model, self.dataset, self.config = model, dataset, config
         self.run_dir = Path(run_dir)
         self.progress = progress
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.is_main = self.rank == 0
-        self.device = resolve_device(config.device)
+        self.dist = distributed.current()
+        self.rank, self.world_size, self.is_main = self.dist.rank, self.dist.world_size, self.dist.is_main
+        # ``device`` (this process's, e.g. cuda:LOCAL_RANK under torchrun) overrides config.device
+        self.device = resolve_device(str(device) if device is not None else config.device)
+        check_train_config(config, self.device, self.world_size)
+        self.context = TrainingContext(config.precision, self.device, self.dist)
         self.model.to(self.device)
+        self.channels_last = config.channels_last and speed.uses_convolutions(self.model)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        elif config.channels_last:
+            self._say("--channels-last: this model has no convolutions; its memory layout stays as it is")
         self.optimizers = self.model.configure_optimizers()
+        self.model.step_context = self.context
+        self.compiled = speed.compile_networks(self.model) if config.compile else []
         self.state = TrainState()
         self.shuffle = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)  # the model's own noise (z, eps) comes from the global stream
@@ -119,13 +152,16 @@ class Trainer:
         if not self.is_main:
             return
         ckpt.save_checkpoint(self.checkpoint_path, self.model, self.optimizers, self._rng_state(shuffle_state),
-                             vars(self.state))
+                             vars(self.state), scalers=self.context.scaler_states())
 
     def restore(self) -> None:
         """Continue exactly where the last checkpoint stopped (weights, optimizers, RNG, position)."""
         tensors, meta = ckpt.read_checkpoint(self.checkpoint_path)
         ckpt.load_model_weights(self.model, tensors, self.checkpoint_path)
         ckpt.load_optimizers(self.optimizers, tensors, meta)
+        if self.channels_last:
+            speed.match_optimizer_layout(self.optimizers)
+        self.context.load_scaler_states(meta.get("scalers", {}))
         rng = ckpt.rng_from_tensors(tensors)
         torch.set_rng_state(rng["torch"])
         self.shuffle.set_state(rng["shuffle"])
@@ -168,7 +204,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         test = self.dataset.test
-        if len(test) == 0:
+        if len(test) == 0 or not self.is_main:
             return {}
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.model.eval()
@@ -181,11 +217,12 @@ class Trainer:
     def fit(self) -> str:
         """Train until ``epochs`` (or ``max_steps``, or ``max_seconds`` of training time). Returns "completed",
         "max_steps", "max_seconds" or "interrupted"."""
-        cfg, st = self.config, self.state
+        cfg, st, ctx = self.config, self.state, self.context
         train = self.dataset.train
         batches = BatchIterator(train.images.to(self.device),
                                 None if train.labels is None else train.labels.to(self.device),
-                                cfg.batch_size, self.shuffle, drop_last=cfg.drop_last)
+                                cfg.batch_size, self.shuffle, drop_last=cfg.drop_last,
+                                rank=self.rank, world_size=self.world_size, channels_last=self.channels_last)
         steps_per_epoch = len(batches)
         if steps_per_epoch == 0:
             raise RunError(f"batch size {cfg.batch_size} is larger than the {len(train)} training images "
@@ -197,6 +234,8 @@ class Trainer:
             return "completed" if st.epoch >= cfg.epochs else "max_steps"
         if cfg.max_seconds is not None and st.train_seconds >= cfg.max_seconds:
             return "max_seconds"
+        if self.dist.active:  # every process starts from rank 0's weights, as DDP does
+            distributed.broadcast_module(self.model)
         self.model.train()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -204,21 +243,27 @@ class Trainer:
                    disable=not (self.progress and self.is_main and sys.stderr.isatty()), desc=self.run_dir.name)
         sums: dict[str, torch.Tensor] = {}
         count, window_images, window_start = 0, 0, time.perf_counter()
-        check_every = 1 if self.device.type == "cpu" else cfg.log_every
+        check_every = 1 if self.device.type == "cpu" else cfg.log_every  # a finite check waits for the device
         status = "completed"
         last_save = time.monotonic()
+        warmup = bool(self.compiled)  # the first step compiles: timed apart
 
         def flush() -> None:
             nonlocal sums, count, window_images, window_start
             if count == 0:
                 return
             now = time.perf_counter()
-            rate = window_images / max(now - window_start, 1e-9)
             record = {"step": st.step, "epoch": round(st.step / steps_per_epoch, 4), "images": st.images_seen,
-                      "time": round(st.train_seconds, 3), "img_per_s": round(rate, 1)}
-            record.update({k: v.item() / count for k, v in sums.items()})
+                      "time": round(st.train_seconds, 3)}
+            if window_images:
+                record["img_per_s"] = round(window_images / max(now - window_start, 1e-9), 1)
+            totals = torch.stack([v.detach().double().reshape(()) for v in sums.values()])  # one read-back
+            if self.dist.active:
+                totals = distributed.mean_across(totals)
+            record.update({k: total / count for k, total in zip(sums, totals.tolist())})
             self._write_metrics(record)
-            bar.set_postfix_str("  ".join(f"{k} {record[k]:.4g}" for k in sums) + f"  {rate:,.0f} img/s")
+            bar.set_postfix_str("  ".join(f"{k} {record[k]:.4g}" for k in sums)
+                                + (f"  {record['img_per_s']:,.0f} img/s" if window_images else ""))
             sums, count, window_images, window_start = {}, 0, 0, now
 
         with _StopRequest(self._say) as stop:
@@ -226,36 +271,56 @@ class Trainer:
                 epoch_start_state = self.shuffle.get_state()
                 t0 = time.perf_counter()
                 for batch in batches.epoch(start=st.batch_in_epoch):
-                    logs = self.model.train_step(batch, st.step, self.optimizers)
+                    n = batches.global_size(st.batch_in_epoch)  # images in this step, all processes
+                    ctx.begin_step(batch.images.shape[0], n)
+                    if warmup:
+                        logs = self._compile_warmup_step(batch)
+                    else:
+                        logs = self.model.train_step(batch, st.step, self.optimizers)
+                    ctx.end_step()
                     st.step += 1
                     st.batch_in_epoch += 1
-                    n = batch.images.shape[0]
                     st.images_seen += n
-                    window_images += n
+                    if warmup:  # not part of the img/s window
+                        warmup, window_start = False, time.perf_counter()
+                    else:
+                        window_images += n
                     for k, v in logs.items():
                         sums[k] = sums[k] + v if k in sums else v.clone()
                     count += 1
-                    if st.step % check_every == 0:
+                    stopping = stop.requested
+                    time_up = (cfg.max_seconds is not None
+                               and st.train_seconds + time.perf_counter() - t0 >= cfg.max_seconds)
+                    save_due = time.monotonic() - last_save > 60 * cfg.checkpoint_minutes
+                    if self.dist.active:  # the processes decide together, every log_every steps
+                        if st.step % cfg.log_every == 0:  # (sums: every step since the last decision)
+                            stopping, time_up, save_due = self._agree(sums, stopping, time_up, save_due)
+                        else:
+                            stopping = time_up = save_due = False
+                    elif st.step % check_every == 0:
                         self._check_finite(logs)
                     bar.update(1)
                     if st.step % cfg.log_every == 0:
                         st.train_seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         flush()
-                    if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes:
+                    if save_due:
                         self.save(epoch_start_state)
                         last_save = time.monotonic()
-                    if stop.requested:
+                    if stopping:
                         status = "interrupted"
                     elif cfg.max_steps is not None and st.step >= cfg.max_steps:
                         status = "max_steps"
-                    elif (cfg.max_seconds is not None
-                          and st.train_seconds + time.perf_counter() - t0 >= cfg.max_seconds):
+                    elif time_up:
                         status = "max_seconds"
                     if status != "completed":
                         break
                 st.train_seconds += time.perf_counter() - t0
-                self._check_finite(sums)
+                if self.dist.active:  # also a point where the processes agree on a stop request
+                    if self._agree(sums, stop.requested, False, False)[0] and status == "completed":
+                        status = "interrupted"
+                else:
+                    self._check_finite(sums)
                 flush()
                 if st.batch_in_epoch == steps_per_epoch:  # the epoch is complete
                     st.epoch += 1
@@ -269,6 +334,35 @@ class Trainer:
                 self.save(epoch_start_state)
         bar.close()
         return status
+
+    def _compile_warmup_step(self, batch) -> dict[str, torch.Tensor]:
+        """The first step of a compiled model: compiles its networks. Timed and logged apart."""
+        t = time.perf_counter()
+        try:
+            logs = self.model.train_step(batch, self.state.step, self.optimizers)
+        except Exception as e:
+            if speed.is_compile_error(e):
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise GenlabError(f"torch.compile failed on this platform ({first[:300]}). "
+                                  "Train without --compile.") from e
+            raise
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t
+        self._write_metrics({"step": self.state.step + 1, "event": "compile_warmup", "seconds": round(seconds, 3),
+                             "networks": self.compiled})
+        self._say(f"torch.compile warm-up: {seconds:.1f} s for the first step ({', '.join(self.compiled)}); "
+                  "not counted in img/s")
+        return logs
+
+    def _agree(self, logs: dict[str, torch.Tensor], stop: bool, time_up: bool, save_due: bool) -> tuple[bool, bool, bool]:
+        """torchrun: (stop, time limit, checkpoint due) as any process sees them, the same answer in
+        every process; a non-finite loss in any process stops every process."""
+        finite = self._all_finite(logs)
+        stop, time_up, save_due, diverged = distributed.any_true([stop, time_up, save_due, not finite], self.device)
+        if diverged:
+            self._diverged(logs, here=not finite)
+        return stop, time_up, save_due
 
     def _fit_prior(self) -> dict[str, float]:
         """Models with a learned prior fitted to the encoded training set (``fit_prior``) refit it;
@@ -308,16 +402,23 @@ class Trainer:
             record["samples"] = str(path.relative_to(self.run_dir))
         self._write_metrics(record)
 
-    def _check_finite(self, logs: dict[str, torch.Tensor]) -> None:
+    @staticmethod
+    def _all_finite(logs: dict[str, torch.Tensor]) -> bool:
         if not logs:
-            return
+            return True
         values = torch.stack([v.detach().float().reshape(()) for v in logs.values()])
-        if bool(torch.isfinite(values).all()):
-            return
-        bad = {k: v.item() for k, v in logs.items() if not math.isfinite(v.item())}
+        return bool(torch.isfinite(values).all())
+
+    def _check_finite(self, logs: dict[str, torch.Tensor]) -> None:
+        if not self._all_finite(logs):
+            self._diverged(logs, here=True)
+
+    def _diverged(self, logs: dict[str, torch.Tensor], here: bool) -> None:
+        bad = {k: v.item() for k, v in logs.items() if not math.isfinite(v.item())} if here else {}
+        what = ", ".join(f"{k} = {v}" for k, v in bad.items()) if bad else "a loss in another process became non-finite"
         self._write_metrics({"step": self.state.step, "event": "non_finite_loss", **{k: str(v) for k, v in bad.items()}})
         last = (f"The last good checkpoint is {self.checkpoint_path}; it was left untouched."
                 if self.checkpoint_path.exists() else "No checkpoint had been written yet.")
-        raise RunError(f"training diverged: {', '.join(f'{k} = {v}' for k, v in bad.items())} at step "
+        raise RunError(f"training diverged: {what} at step "
                        f"{self.state.step} (epoch {self.state.epoch + 1}). {last} Try a lower learning rate "
                        "(--lr) or a different seed; resume with `genlab train --resume RUN`.")
