@@ -30,13 +30,22 @@ class GaussianMixturePrior(nn.Module):
         super().__init__()
         self.dim, self.components, self.reg_covar = int(dim), int(components), float(reg_covar)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._fitted = False
         self.register_buffer("log_weights", torch.full((components,), -math.log(components)))
         self.register_buffer("means", torch.zeros(components, dim))
         self.register_buffer("scale_tril", torch.eye(dim).repeat(components, 1, 1))
 
     @property
     def is_fitted(self) -> bool:
-        return bool(self.fitted)
+        """Read from a Python mirror of the ``fitted`` buffer (set by ``fit`` and by loading a
+        state dict), so that log_prob and sample never read a GPU tensor back on the hot path."""
+        return self._fitted
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        key = prefix + "fitted"
+        if key in state_dict:
+            self._fitted = bool(state_dict[key])
 
     @torch.no_grad()
     def fit(self, z: Tensor, seed: int = 0) -> dict[str, float]:
@@ -51,6 +60,7 @@ class GaussianMixturePrior(nn.Module):
         self.means.copy_(torch.from_numpy(gmm.means_).float().to(dev))
         self.scale_tril.copy_(torch.linalg.cholesky(torch.from_numpy(gmm.covariances_)).float().to(dev))
         self.fitted.fill_(True)
+        self._fitted = True
         return {"prior_log_density": float(gmm.score(data)), "prior_converged": float(gmm.converged_)}
 
     def log_prob(self, z: Tensor) -> Tensor:
