@@ -8,13 +8,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 from genlab.errors import GenlabError
 from genlab.models.priors import GaussianMixturePrior
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _two_blobs(n=4000, seed=0):

@@ -16,13 +16,7 @@ ZOO_PRESETS = ["dcgan", "wgan-gp", "sngan", "cgan", "conv-vae", "vae-gmm", "beta
 CONDITIONAL = {"cgan", "cvae"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster than two fighting other processes for 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _build(name, shape, num_classes=10, **overrides):
