@@ -195,6 +195,16 @@ def child_command(spec: dict, args) -> list[str]:
             "--warmup-steps", str(args.warmup_steps)]
 
 
+def case_env(args) -> dict[str, str]:
+    """The cases' environment. OMP_WAIT_POLICY matters on a small CPU: PASSIVE puts idle OpenMP threads
+    to sleep after every parallel region, and waking them costs tens of microseconds per op, which at
+    batch 128 slows seed-vae by a third; it is right only when another busy process shares the cores."""
+    env = dict(os.environ)
+    if args.omp_wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    return env
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -208,6 +218,9 @@ def main() -> None:
     ap.add_argument("--sample-seconds", type=float, default=3.0)
     ap.add_argument("--warmup-steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all cases; the median is reported")
+    ap.add_argument("--omp-wait-policy", choices=("inherit", "ACTIVE", "PASSIVE"), default="inherit",
+                    help="OMP_WAIT_POLICY of the cases: 'inherit' (default) keeps this shell's (unset: the OpenMP "
+                         "runtime's default, what `genlab train` gets); PASSIVE only when sharing the cores")
     ap.add_argument("--quick", action="store_true", help="smoke test: digits, 1 s per case, one round, batch 128")
     ap.add_argument("--out", help="results JSON (default bench/results/speed.json; --quick: bench/out/speed-quick.json)")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
@@ -238,7 +251,7 @@ def main() -> None:
     for round_ in range(args.repeats):
         for spec in specs:
             out = subprocess.run(child_command(spec, args), capture_output=True, text=True, check=False,
-                                 env={**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})
+                                 env=case_env(args))
             if out.returncode != 0:
                 sys.exit(f"case {spec} failed:\n{out.stderr[-4000:]}")
             rec = json.loads(out.stdout.strip().splitlines()[-1])
@@ -273,7 +286,8 @@ def main() -> None:
         r["vs_seed_loop"] = r["img_per_s"] / b if b else None
 
     result = {"command": "python bench/speed.py " + " ".join(sys.argv[1:]), "data": args.data, "device": args.device,
-              "threads": args.threads, "seconds_per_case": args.seconds, "repeats": args.repeats,
+              "threads": args.threads,
+              "omp_wait_policy": case_env(args).get("OMP_WAIT_POLICY", "unset"), "seconds_per_case": args.seconds, "repeats": args.repeats,
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "matmul_gflops": rates, "rows": rows}
     if args.device.startswith("cuda"):
@@ -283,7 +297,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\nmatmul 1024^3 on {args.device}, {args.threads} threads: fp32 {rates['fp32']:.1f} GFLOP/s, "
+    print(f"\nOMP_WAIT_POLICY {result['omp_wait_policy']}; matmul 1024^3 on {args.device}, {args.threads} threads: fp32 {rates['fp32']:.1f} GFLOP/s, "
           f"bf16 {rates['bf16']:.1f} GFLOP/s; {args.repeats} round(s), median; results in {out}\n")
     print("| model | batch | mode | train img/s | vs seed loop | MFLOP/img | fp32 limit img/s | of limit "
           "| compile warm-up s | sample img/s | peak MiB |")

@@ -57,15 +57,23 @@ def test_a_conditional_vae_refuses_the_unconditional_mixture():
         build_model("conv-vae", {"prior": "gmm", "conditional": True}, (1, 28, 28), 10)
     with pytest.raises(GenlabError, match="unknown prior"):
         build_model("conv-vae", {"prior": "flow"}, (1, 28, 28), 10)
+    with pytest.raises(GenlabError, match="unknown prior"):
+        build_model("mlp-vae", {"prior": "flow"}, (1, 28, 28), 10)
+    with pytest.raises(GenlabError, match="prior_fit_images"):
+        build_model("mlp-vae", {"prior": "gmm", "prior_components": 10, "prior_fit_images": 15}, (1, 28, 28))
 
 
-def test_a_gmm_vae_trains_saves_its_fitted_prior_and_scores_better_with_it(tmp_path):
+SMALL = {"conv-vae": {"width": 16}, "mlp-vae": {"hidden": [128, 64]}}
+
+
+@pytest.mark.parametrize("model_name", ["conv-vae", "mlp-vae"])
+def test_a_gmm_vae_trains_saves_its_fitted_prior_and_scores_better_with_it(tmp_path, model_name):
     from genlab import api
     from genlab.eval.likelihood import vae_likelihood
     from genlab.training.run import load_run_dataset
 
-    result = api.train("conv-vae", "digits", epochs=4, out=tmp_path / "run", progress=False,
-                       prior="gmm", z_dim=8, width=16, prior_components=5)
+    result = api.train(model_name, "digits", epochs=4, out=tmp_path / "run", progress=False,
+                       prior="gmm", z_dim=8, prior_components=5, **SMALL[model_name])
     model = api.load(tmp_path / "run")
     assert model.prior.is_fitted and not model.has_standard_normal_prior
     assert torch.equal(model.prior.means, result.model.prior.means)  # saved in the checkpoint
@@ -79,6 +87,12 @@ def test_a_gmm_vae_trains_saves_its_fitted_prior_and_scores_better_with_it(tmp_p
     # the mixture is fitted to the aggregate posterior, which N(0, I) only approximates
     assert with_mixture["nll_iwae"] < with_normal["nll_iwae"]
     assert with_mixture["elbo"] > with_normal["elbo"]
+    # the model samples from the mixture: same generator, other latents than N(0, I) gives
+    state["prior.fitted"].fill_(True)
+    model.load_state_dict(state)
+    z = model.prior_sample(2000, torch.Generator().manual_seed(0))
+    assert torch.allclose(z.mean(0), model.prior.sample(2000, torch.Generator().manual_seed(1)).mean(0), atol=0.15)
+    assert not torch.allclose(z, torch.randn(2000, 8, generator=torch.Generator().manual_seed(0)))
 
 
 def test_a_gmm_vae_resumed_after_a_stop_ends_identical_to_one_that_never_stopped(tmp_path):

@@ -30,9 +30,7 @@ from ..errors import GenlabError
 from ..nets import ConvDecoder, ConvEncoder, one_hot, require_labels
 from . import losses
 from .base import Batch, GenerativeModel, adam, as_float_images, randn
-from .priors import GaussianMixturePrior
-
-PRIORS = ("normal", "gmm")
+from .priors import PRIORS, FittedPriorMixin, check_prior  # noqa: F401  (PRIORS: re-exported)
 
 LOGVAR_MIN = -9.0  # a learned Gaussian variance below (1/90)^2 would let the density grow without bound
 LOG_SCALE_MIN = -7.0  # the logistic's scale floor (well below one pixel bin, 1/255)
@@ -58,7 +56,7 @@ class ConvVAEConfig:
     lr: float = 1e-3
 
 
-class ConvVAE(GenerativeModel):
+class ConvVAE(FittedPriorMixin, GenerativeModel):
     """A VAE with convolutional encoder and decoder, sized from (C, H, W)."""
 
     family = "vae"
@@ -73,14 +71,7 @@ class ConvVAE(GenerativeModel):
                               f"{num_classes}. Use conv-vae, or labelled data.")
         if c.iwae_k < 1:
             raise GenlabError(f"iwae_k must be at least 1, got {c.iwae_k}.")
-        if c.prior not in PRIORS:
-            raise GenlabError(f"unknown prior {c.prior!r}; choose one of: {', '.join(PRIORS)}")
-        if c.prior == "gmm" and c.conditional:
-            raise GenlabError("prior=gmm fits one mixture to every class's codes, but a conditional VAE's "
-                              "prior is p(z|y): use prior=normal with conditional=true.")
-        if c.prior == "gmm" and (c.prior_components < 1 or c.prior_fit_images < 2 * c.prior_components):
-            raise GenlabError("prior=gmm needs prior_components >= 1 and prior_fit_images >= 2 * components; "
-                              f"got {c.prior_components} and {c.prior_fit_images}.")
+        check_prior(c.prior, c.prior_components, c.prior_fit_images, c.conditional)
         self.label_dim = num_classes if c.conditional else 0
         self.maps = 1 if c.likelihood == "gaussian" and c.gaussian_std > 0 else DECODER_MAPS[c.likelihood]
         self.encoder = ConvEncoder(self.image_shape, c.width, c.batchnorm)
@@ -88,42 +79,7 @@ class ConvVAE(GenerativeModel):
         self.logvar_head = nn.Linear(self.encoder.out_features + self.label_dim, c.z_dim)
         self.decoder = ConvDecoder(c.z_dim + self.label_dim, self.maps * self.image_shape[0], self.image_shape,
                                    c.width, c.batchnorm)
-        self.prior = GaussianMixturePrior(c.z_dim, c.prior_components) if c.prior == "gmm" else None
-
-    # -- the prior -----------------------------------------------------------------------------
-    @property
-    def has_standard_normal_prior(self) -> bool:
-        return self.prior is None or not self.prior.is_fitted
-
-    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        if self.prior is None:
-            return super().prior_sample(n, generator)
-        return self.prior.sample(n, generator)
-
-    def log_prior(self, z: Tensor) -> Tensor:
-        return super().log_prior(z) if self.prior is None else self.prior.log_prob(z)
-
-    @torch.no_grad()
-    def fit_prior(self, images: Tensor, labels: Tensor | None = None, seed: int = 0,
-                  batch_size: int = 1000) -> dict[str, float]:
-        """prior="gmm": fit the mixture to one draw z ~ q(z|x) for each of ``prior_fit_images``
-        training images (a subset drawn with ``seed``): a density estimate of the aggregate
-        posterior, the prior that maximises the ELBO for the given encoder (Hoffman & Johnson
-        2016). The Trainer calls this at the end of every epoch. No-op for the standard normal."""
-        if self.prior is None:
-            return {}
-        was_training = self.training
-        self.eval()
-        n = images.shape[0]
-        m = min(n, self.config.prior_fit_images)
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=gen)[:m].to(images.device)
-        codes = []
-        for i in range(0, m, batch_size):
-            mu, logvar = self.encode(as_float_images(images[idx[i:i + batch_size]]).to(self.device))
-            codes.append(losses.reparameterize(mu, logvar, randn(tuple(mu.shape), gen, mu.device)))
-        self.train(was_training)
-        return self.prior.fit(torch.cat(codes), seed=seed)
+        self.prior = self.make_prior(c.z_dim)
 
     # -- the VAE's own interface -------------------------------------------------------------
     def _with_labels(self, h: Tensor, labels: Tensor | None) -> Tensor:
@@ -220,8 +176,7 @@ class ConvVAE(GenerativeModel):
         noise = randn(tuple(mu.shape), generator, mu.device)
         if self.has_standard_normal_prior:
             return -self.loss_terms(x, labels, noise, beta=1.0)["neg_elbo"]
-        z = losses.reparameterize(mu, logvar, noise)  # one-sample KL: log q(z|x) - log p(z)
-        return self.log_px_given_z(x, z, labels) + self.log_prior(z) - losses.log_normal(z, mu, logvar)
+        return self.elbo_with_prior(x, mu, logvar, noise, lambda x_, z: self.log_px_given_z(x_, z, labels))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -84,3 +84,75 @@ class GaussianMixturePrior(nn.Module):
             return eps
         k = torch.multinomial(self.log_weights.exp().to(gdev), n, replacement=True, generator=generator).to(dev)
         return self.means[k] + (self.scale_tril[k] @ eps.unsqueeze(-1)).squeeze(-1)
+
+
+PRIORS = ("normal", "gmm")
+
+
+def check_prior(prior: str, components: int, fit_images: int, conditional: bool = False) -> None:
+    """A clear error for prior settings that cannot work (``prior``, ``prior_components``, ``prior_fit_images``)."""
+    from ..errors import GenlabError
+
+    if prior not in PRIORS:
+        raise GenlabError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIORS)}")
+    if prior == "gmm" and conditional:
+        raise GenlabError("prior=gmm fits one mixture to every class's codes, but a conditional VAE's "
+                          "prior is p(z|y): use prior=normal with conditional=true.")
+    if prior == "gmm" and (components < 1 or fit_images < 2 * components):
+        raise GenlabError("prior=gmm needs prior_components >= 1 and prior_fit_images >= 2 * components; "
+                          f"got {components} and {fit_images}.")
+
+
+class FittedPriorMixin:
+    """The prior of a VAE whose config has ``prior`` ("normal" or "gmm"), ``prior_components`` and
+    ``prior_fit_images``: N(0, I), or a ``GaussianMixturePrior`` (``self.prior``) that the Trainer
+    refits to the encoded training set after every epoch through ``fit_prior``. Training always
+    regularises q(z|x) towards N(0, I); the mixture replaces it for sampling and likelihoods.
+    The class using it sets ``self.prior`` (None for the standard normal) and has ``encode``."""
+
+    prior: GaussianMixturePrior | None
+
+    def make_prior(self, z_dim: int) -> GaussianMixturePrior | None:
+        c = self.config
+        return GaussianMixturePrior(z_dim, c.prior_components) if c.prior == "gmm" else None
+
+    @property
+    def has_standard_normal_prior(self) -> bool:
+        return self.prior is None or not self.prior.is_fitted
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        if self.prior is None:
+            return super().prior_sample(n, generator)
+        return self.prior.sample(n, generator)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        return super().log_prior(z) if self.prior is None else self.prior.log_prob(z)
+
+    @torch.no_grad()
+    def fit_prior(self, images: Tensor, labels: Tensor | None = None, seed: int = 0,
+                  batch_size: int = 1000) -> dict[str, float]:
+        """prior="gmm": fit the mixture to one draw z ~ q(z|x) for each of ``prior_fit_images``
+        training images (a subset drawn with ``seed``): a density estimate of the aggregate
+        posterior, the prior that maximises the ELBO for the given encoder (Hoffman & Johnson
+        2016). The Trainer calls this at the end of every epoch. No-op for the standard normal."""
+        from .base import as_float_images, randn
+
+        if self.prior is None:
+            return {}
+        was_training = self.training
+        self.eval()
+        n = images.shape[0]
+        m = min(n, self.config.prior_fit_images)
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n, generator=gen)[:m].to(images.device)
+        codes = []
+        for i in range(0, m, batch_size):
+            mu, logvar = self.encode(as_float_images(images[idx[i:i + batch_size]]).to(self.device))
+            codes.append(losses.reparameterize(mu, logvar, randn(tuple(mu.shape), gen, mu.device)))
+        self.train(was_training)
+        return self.prior.fit(torch.cat(codes), seed=seed)
+
+    def elbo_with_prior(self, x: Tensor, mu: Tensor, logvar: Tensor, noise: Tensor, log_px_given_z) -> Tensor:
+        """One-sample ELBO under a learned prior (no closed-form KL): log p(x|z) + log p(z) - log q(z|x)."""
+        z = losses.reparameterize(mu, logvar, noise)
+        return log_px_given_z(x, z) + self.log_prior(z) - losses.log_normal(z, mu, logvar)

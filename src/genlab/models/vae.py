@@ -4,6 +4,10 @@ encoder  x -> h1 -> h2 -> (mu, logvar)         (the seed's fc1, fc2, fc31, fc32)
 sample   z = mu + sigma * eps                   (reparameterization, losses.reparameterize)
 decoder  z -> h2 -> h1 -> logits -> sigmoid     (the seed's fc4, fc5, fc6)
 loss     BCE(sum) + KL = -ELBO                  (the seed's section 4.2)
+
+Beyond the seed: a KL weight ``beta`` and, with ``prior="gmm"``, a Gaussian mixture fitted to
+the encoded training set after every epoch for sampling and likelihoods (ex-post density
+estimation, Ghosh et al. 2020; see ``priors.py``), as for the convolutional VAE.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from torch import Tensor, nn
 from ..nets import mlp
 from . import losses
 from .base import Batch, GenerativeModel, adam, as_float_images, randn
+from .priors import FittedPriorMixin, check_prior
 
 
 @dataclass
@@ -27,20 +32,25 @@ class MLPVAEConfig:
     lr: float = 1e-3
     beta: float = 1.0  # weight of the KL term; 1 is the true ELBO
     binarize: bool = False  # dynamic binarization: train on x ~ Bernoulli(pixel), a fresh draw every step
+    prior: str = "normal"  # "normal" (N(0, I), the seed's) or "gmm" (a mixture fitted to the encoded training set)
+    prior_components: int = 10  # mixture components of prior="gmm"
+    prior_fit_images: int = 20_000  # training images encoded for each fit (a seeded subset)
 
 
-class MLPVAE(GenerativeModel):
+class MLPVAE(FittedPriorMixin, GenerativeModel):
     """A VAE with fully connected encoder and decoder and a Bernoulli decoder likelihood."""
 
     family = "vae"
 
     def __init__(self, config: MLPVAEConfig, image_shape, num_classes: int = 0):
         super().__init__(config, image_shape, num_classes)
+        check_prior(config.prior, config.prior_components, config.prior_fit_images)
         hidden = list(config.hidden)
         self.encoder = mlp([self.x_dim, *hidden], config.activation, last_act=True)
         self.mu_head = nn.Linear(hidden[-1], config.z_dim)
         self.logvar_head = nn.Linear(hidden[-1], config.z_dim)
         self.decoder = mlp([config.z_dim, *reversed(hidden), self.x_dim], config.activation)
+        self.prior = self.make_prior(config.z_dim)
 
     # -- the VAE's own interface -------------------------------------------------------------
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -69,9 +79,12 @@ class MLPVAE(GenerativeModel):
 
     @torch.no_grad()
     def elbo(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Single-sample ELBO estimate per image, in nats (a lower bound on log p(x))."""
+        """Single-sample ELBO estimate per image, in nats (a lower bound on log p(x)); KL in closed
+        form for N(0, I), a one-sample estimate for a fitted mixture prior."""
         mu, logvar = self.encode(x)
         noise = randn(tuple(mu.shape), generator, mu.device)
+        if not self.has_standard_normal_prior:
+            return self.elbo_with_prior(x, mu, logvar, noise, self.log_px_given_z)
         z = losses.reparameterize(mu, logvar, noise)
         recon = losses.bernoulli_nll(self.decode_logits(z), x)
         return -(recon + losses.gaussian_kl(mu, logvar))
@@ -104,7 +117,7 @@ class MLPVAE(GenerativeModel):
 
     @torch.no_grad()
     def decode_latent(self, z: Tensor, labels=None) -> Tensor:
-        return self.decode(z)  # sample() draws z ~ p(z) = N(0, I)
+        return self.decode(z)  # sample() draws z ~ p(z): N(0, I), or the fitted mixture
 
     @torch.no_grad()
     def evaluate(self, images: Tensor, labels=None, generator=None, batch_size: int = 2000) -> dict[str, float]:
