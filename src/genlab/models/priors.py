@@ -9,8 +9,10 @@ stage of Dai & Wipf 2019 ("Diagnosing and Enhancing VAE Models").
 
 The mixture is a proper prior: ``log_prob`` is used by the VAE's importance-weighted
 likelihood, so the reported NLL is that of the model genlab actually samples from,
-p(x) = sum_k pi_k integral N(z; m_k, S_k) p(x|z) dz. The fit uses scikit-learn's
-GaussianMixture (EM, k-means initialisation, fixed seed: deterministic for given weights).
+p(x) = sum_k pi_k integral N(z; m_k, S_k) p(x|z) dz. The fit is EM as scikit-learn's
+GaussianMixture does it (k-means initialisation, fixed seed: deterministic for given weights),
+written in torch because it runs after every epoch (``fit_gaussian_mixture``; tested against
+scikit-learn's).
 """
 from __future__ import annotations
 
@@ -20,6 +22,81 @@ import torch
 from torch import Tensor, nn
 
 from . import losses
+
+
+def _component_log_probs(z: Tensor, means: Tensor, chol: Tensor) -> Tensor:
+    """log N(z_n; mean_k, L_k L_k^T) as a (K, N) tensor. With P_k = L_k^-1 (small, D x D) the
+    Mahalanobis term is |(z - mean_k) P_k^T|^2: one matrix product per component."""
+    d = z.shape[1]
+    eye = torch.eye(d, dtype=z.dtype).expand_as(chol)
+    inv = torch.linalg.solve_triangular(chol, eye, upper=False)  # (K, D, D)
+    log_det = chol.diagonal(dim1=1, dim2=2).log().sum(1)  # (K,)
+    return torch.stack([-0.5 * ((z - m) @ p.T).pow(2).sum(1) - ld - 0.5 * d * math.log(2 * math.pi)
+                        for m, p, ld in zip(means, inv, log_det)])
+
+
+def _m_step(z: Tensor, resp: Tensor, reg_covar: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights, means and full covariances (+ reg_covar on the diagonal) from responsibilities (N, K)."""
+    n, d = z.shape
+    nk = resp.sum(0) + 10 * torch.finfo(z.dtype).eps
+    means = (resp.T @ z) / nk[:, None]
+    root = resp.sqrt()
+    eye = torch.eye(d, dtype=z.dtype)
+    covs = []
+    for k in range(resp.shape[1]):
+        w = root[:, k, None] * (z - means[k])  # sum_n r_nk (z_n - m_k)(z_n - m_k)^T = w^T w
+        covs.append(w.T @ w / nk[k] + reg_covar * eye)
+    return nk / n, means, torch.stack(covs)
+
+
+def _kmeans_assign(z: Tensor, k: int, gen: torch.Generator, iters: int = 10) -> Tensor:
+    """Cluster labels (N,) by k-means++ seeding (Arthur & Vassilvitskii 2007) and ``iters`` Lloyd steps."""
+    n = z.shape[0]
+    centers = [z[torch.randint(n, (1,), generator=gen)].squeeze(0)]
+    d2 = (z - centers[0]).pow(2).sum(1)
+    for _ in range(1, k):
+        idx = torch.multinomial((d2 / d2.sum()).float(), 1, generator=gen)
+        centers.append(z[idx].squeeze(0))
+        d2 = torch.minimum(d2, (z - centers[-1]).pow(2).sum(1))
+    c = torch.stack(centers)
+    for _ in range(iters):
+        labels = torch.cdist(z, c).argmin(1)
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, labels, z)
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], c)
+    return torch.cdist(z, c).argmin(1)
+
+
+@torch.no_grad()
+def fit_gaussian_mixture(z: Tensor, components: int, reg_covar: float = 1e-4, seed: int = 0, max_iter: int = 200,
+                         tol: float = 1e-3, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, float, bool]:
+    """Maximum-likelihood Gaussian mixture with full covariances by EM (Dempster et al. 1977), the
+    algorithm of scikit-learn's GaussianMixture (k-means initialisation, ``reg_covar`` added to each
+    covariance's diagonal, stop when the mean log-likelihood gains less than ``tol``), written in
+    torch with batched products in ``dtype``: 20 components fitted to 20,000 codes of 32 dimensions
+    take about a second on two cores in float32 against about 8 s for scikit-learn, which matters
+    because the Trainer refits after every epoch. Deterministic for given z and seed. Returns
+    (weights, means, covariances, mean log-density of z, converged), in float64."""
+    z = z.to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    resp = torch.nn.functional.one_hot(_kmeans_assign(z, components, gen), components).to(dtype)
+    weights, means, covs = _m_step(z, resp, reg_covar)
+    score, converged = -math.inf, False
+    for _ in range(max_iter):
+        log_p = _component_log_probs(z, means, torch.linalg.cholesky(covs)) + weights.log()[:, None]  # (K, N)
+        log_norm = torch.logsumexp(log_p, 0)
+        new_score = float(log_norm.mean())
+        resp = (log_p - log_norm).exp().T
+        weights, means, covs = _m_step(z, resp, reg_covar)
+        if abs(new_score - score) < tol:
+            converged = True
+            score = new_score
+            break
+        score = new_score
+    weights, means, covs = weights.double() / weights.double().sum(), means.double(), covs.double()
+    z = z.double()
+    log_norm = torch.logsumexp(_component_log_probs(z, means, torch.linalg.cholesky(covs)) + weights.log()[:, None], 0)
+    return weights, means, covs, float(log_norm.mean()), converged
 
 
 class GaussianMixturePrior(nn.Module):
@@ -49,19 +126,17 @@ class GaussianMixturePrior(nn.Module):
 
     @torch.no_grad()
     def fit(self, z: Tensor, seed: int = 0) -> dict[str, float]:
-        """Fit the mixture to latent codes z (N, dim) by EM; returns the mean log-density of z."""
-        from sklearn.mixture import GaussianMixture
-
-        data = z.detach().double().cpu().numpy()
-        gmm = GaussianMixture(self.components, covariance_type="full", reg_covar=self.reg_covar,
-                              max_iter=200, random_state=seed).fit(data)
+        """Fit the mixture to latent codes z (N, dim) by EM (``fit_gaussian_mixture``); returns the mean
+        log-density of z under the fit and whether EM converged."""
+        weights, means, covs, score, converged = fit_gaussian_mixture(
+            z.detach().double().cpu(), self.components, reg_covar=self.reg_covar, seed=seed)
         dev = self.means.device
-        self.log_weights.copy_(torch.from_numpy(gmm.weights_).log().float().to(dev))
-        self.means.copy_(torch.from_numpy(gmm.means_).float().to(dev))
-        self.scale_tril.copy_(torch.linalg.cholesky(torch.from_numpy(gmm.covariances_)).float().to(dev))
+        self.log_weights.copy_(weights.log().float().to(dev))
+        self.means.copy_(means.float().to(dev))
+        self.scale_tril.copy_(torch.linalg.cholesky(covs).float().to(dev))
         self.fitted.fill_(True)
         self._fitted = True
-        return {"prior_log_density": float(gmm.score(data)), "prior_converged": float(gmm.converged_)}
+        return {"prior_log_density": score, "prior_converged": float(converged)}
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z) for z of shape (..., dim), computed in float32 by triangular solves."""
