@@ -12,7 +12,7 @@ from genlab.models.conv_vae import ConvVAE
 from genlab.models.dcgan import DCGAN
 from genlab.nets import ConvDecoder, ConvDiscriminator, conv_plan
 
-ZOO_PRESETS = ["dcgan", "wgan-gp", "sngan", "cgan", "conv-vae", "vae-gmm", "beta-vae", "cvae", "iwae", "vae-gan"]
+ZOO_PRESETS = ["dcgan", "wgan-gp", "sngan", "cgan", "conv-vae", "vae-gmm", "mlp-vae-gmm", "beta-vae", "cvae", "iwae", "vae-gan"]
 CONDITIONAL = {"cgan", "cvae"}
 
 

@@ -68,13 +68,14 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
           epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
           max_steps: int | None = None, max_seconds: float | None = None, data_dir: str | Path | None = None,
           image_size: int | None = None, channels: int | None = None, device: str = "auto", progress: bool = True,
-          overwrite: bool = False, runs_root: str | Path = "runs", precision: str = "fp32", compile: bool = False,
+          overwrite: bool = False, runs_root: str | Path = "runs", precision: str | None = None, compile: bool = False,
           channels_last: bool = False, **model_settings: Any) -> TrainResult:
     """Train a model or preset (see ``genlab models``) on a data source (see ``genlab datasets``).
 
     ``model_settings`` override fields of the model's config dataclass (e.g. ``g_loss="minimax"``).
     ``max_steps`` / ``max_seconds`` stop the run early (with a checkpoint) after that many steps / seconds
-    of training time in all. ``precision`` ("fp32", "bf16", or "fp16" on a CUDA GPU), ``compile``
+    of training time in all. ``precision`` ("fp32", "bf16", or "fp16" on a CUDA GPU; None: the preset's,
+    fp32 unless it says otherwise), ``compile``
     (torch.compile) and ``channels_last`` choose how fast it runs; they are saved with the run.
     Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken).
 
@@ -93,7 +94,8 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     model_cfg = make_config(preset.model, settings)
     overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "max_seconds": max_seconds}
     train_cfg = TrainConfig(**{**preset.train, **{k: v for k, v in overrides.items() if v is not None},
-                               "seed": seed, "device": device, "precision": precision, "compile": bool(compile),
+                               "seed": seed, "device": device, "precision": precision or preset.train.get("precision", "fp32"),
+                               "compile": bool(compile),
                                "channels_last": bool(channels_last)})
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     if max_seconds is not None and max_seconds <= 0:

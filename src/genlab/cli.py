@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                   help="fp32 (default), bf16 (autocast; CPU or GPU) or fp16 (autocast + loss scaling; CUDA GPUs)")
+                   help="fp32, bf16 (autocast; CPU or GPU) or fp16 (autocast + loss scaling; CUDA GPUs); default: the "
+                        "preset's (fp32 for all but mlp-vae-gmm, see `genlab models`)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model's networks (its warm-up is logged apart, not in img/s)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -257,7 +258,7 @@ def _train(args) -> int:
                        lr=args.lr, seed=args.seed, max_steps=args.max_steps, max_seconds=max_seconds,
                        data_dir=args.data_dir,
                        image_size=args.image_size, channels=args.channels, device=args.device or "auto",
-                       progress=progress, overwrite=args.overwrite, precision=args.precision or "fp32",
+                       progress=progress, overwrite=args.overwrite, precision=args.precision,
                        compile=bool(args.compile), channels_last=bool(args.channels_last), **settings)
     if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
         return 130 if result.status == "interrupted" else 0

@@ -30,11 +30,13 @@ register_preset(
 )
 register_preset(
     "wgan-gp", "conv-gan",
-    "WGAN-GP (Gulrajani et al. 2017): Wasserstein loss + gradient penalty 10, 5 critic steps per G step, "
-    "no BatchNorm in the critic, Adam 1e-4 b=(0.5, 0.9)",
-    model_config={"loss": "wasserstein", "gp_weight": 10.0, "n_critic": 5, "d_batchnorm": False,
-                  "lr": 1e-4, "beta1": 0.5, "beta2": 0.9},
-    train={"epochs": 5, "batch_size": 64},  # 2.5 min/epoch
+    "WGAN-GP (Gulrajani et al. 2017): Wasserstein loss + gradient penalty 10, no BatchNorm in the critic, "
+    "Adam b=(0.5, 0.9); 2 critic steps per G step at lr 2e-4 (the paper: 5 at 1e-4) and an EMA of G, "
+    "so that G gets enough updates in a CPU budget",
+    model_config={"loss": "wasserstein", "gp_weight": 10.0, "n_critic": 2, "d_batchnorm": False,
+                  "lr": 2e-4, "beta1": 0.5, "beta2": 0.9, "ema_decay": 0.999},
+    # 5 critic steps at lr 1e-4 left G ~940 updates in 5 epochs: FID 29.93, grey blocks, 8 classes
+    train={"epochs": 6, "batch_size": 64},
 )
 register_preset(
     "sngan", "conv-gan",
@@ -64,6 +66,16 @@ register_preset(
     "the aggregate posterior every epoch (ex-post density estimation, Ghosh et al. 2020), z 32",
     model_config={"z_dim": 32, "beta": 0.25, "prior": "gmm", "prior_components": 20},
     train={"epochs": 30, "batch_size": 128},  # 0.42 min/epoch with the mixture fits
+)
+register_preset(
+    "mlp-vae-gmm", "mlp-vae",
+    "the seed's MLP VAE made wider (784-1024-512-32), KL weight 0.25 and a 20-component Gaussian-mixture "
+    "prior fitted to the aggregate posterior every epoch; bf16 autocast (fast on CPUs with AVX-512 BF16/AMX "
+    "and recent GPUs; --precision fp32 elsewhere), batch 128",
+    model_config={"hidden": (1024, 512), "z_dim": 32, "beta": 0.25, "prior": "gmm", "prior_components": 20},
+    # an MLP does ~8x the images/s of the conv VAE on the 2-core CPU: in the same minutes it sees far more
+    # data, which beats the conv nets' better inductive bias at this budget (5 min: FID 6.93 vs vae-gmm 8.84)
+    train={"epochs": 80, "batch_size": 128, "precision": "bf16"},
 )
 register_preset(
     "beta-vae", "conv-vae",
