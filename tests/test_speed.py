@@ -48,6 +48,18 @@ def test_bf16_training_on_cpu_learns_and_is_saved_with_the_run_for_resume(tmp_pa
     assert resumed.model.step_context.precision == "bf16" and resumed.state.epoch == 4
 
 
+def test_a_preset_trains_in_its_own_precision_unless_told_otherwise(tmp_path):
+    small = {"hidden": [64, 32], "z_dim": 4, "prior_components": 2}
+    own = genlab.train("mlp-vae-gmm", "digits", out=tmp_path / "own", max_steps=3, progress=False, **small)
+    told = genlab.train("mlp-vae-gmm", "digits", out=tmp_path / "told", max_steps=3, precision="fp32",
+                        progress=False, **small)
+    seed = genlab.train("seed-vae", "digits", out=tmp_path / "seed", max_steps=3, progress=False)
+    precision = {r: json.loads((r / "config.json").read_text())["train"]["precision"]
+                 for r in (own.run_dir, told.run_dir, seed.run_dir)}
+    assert precision == {own.run_dir: "bf16", told.run_dir: "fp32", seed.run_dir: "fp32"}
+    assert own.model.prior.is_fitted  # the stop refitted the mixture to the weights it saved
+
+
 ZOO = [("seed-vae", {}), ("seed-gan", {}), ("dcgan", {"width": 8}), ("wgan-gp", {"width": 8}),
        ("conv-gan", {"width": 8, "r1_gamma": 1.0, "d_batchnorm": False}), ("conv-vae", {"width": 8}),
        ("iwae", {"width": 8}), ("vae-gan", {"width": 8}), ("conv-vae", {"width": 8, "likelihood": "logistic"})]
