@@ -74,9 +74,8 @@ register_preset(
     "prior fitted to the aggregate posterior every epoch; bf16 autocast (fast on CPUs with AVX-512 BF16/AMX "
     "and recent GPUs; --precision fp32 elsewhere), batch 128",
     model_config={"hidden": (1024, 512), "z_dim": 32, "beta": 0.25, "prior": "gmm", "prior_components": 20},
-    # an MLP does ~8x the images/s of the conv VAE on the 2-core CPU: in the same minutes it sees far more
-    # data, which beats the conv nets' better inductive bias at this budget (5 min: FID 6.93 vs vae-gmm 8.84;
-    # 10 min = 122 epochs: FID 6.29 vs seed-vae's 13.01, IWAE NLL 236.6 vs 236.0; docs/gallery.md)
+    # on the 2-core CPU, 5 min: FID 6.93; 10 min = 122 epochs: FID 6.29 vs seed-vae's 13.01 after the same
+    # 10 min, IWAE NLL 236.6 vs 236.0 (docs/gallery.md)
     train={"epochs": 120, "batch_size": 128, "precision": "bf16"},  # ~10 min on the 2-core CPU
 )
 register_preset(
