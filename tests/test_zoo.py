@@ -85,7 +85,9 @@ def test_the_zoo_presets_are_registered_with_their_training_budgets():
         train = PRESETS[name].train
         assert train["epochs"] >= 1 and train["batch_size"] in (64, 128)
     assert PRESETS["dcgan"].train["batch_size"] == 64 and PRESETS["dcgan"].model_config["ema_decay"] == 0.999
-    assert PRESETS["wgan-gp"].model_config["gp_weight"] == 10.0 and PRESETS["wgan-gp"].model_config["n_critic"] == 5
+    wgan = PRESETS["wgan-gp"].model_config
+    assert wgan["gp_weight"] == 10.0 and wgan["n_critic"] == 2 and wgan["ema_decay"] == 0.999
+    assert PRESETS["mlp-vae-gmm"].train["precision"] == "bf16" and PRESETS["mlp-vae-gmm"].model_config["prior"] == "gmm"
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
@@ -153,16 +155,17 @@ def test_batchnorm_in_the_critic_is_refused_with_the_gradient_penalty():
         build_model("conv-gan", {"gp_weight": 10.0}, (1, 8, 8))
 
 
-def test_wgan_gp_updates_the_generator_once_per_five_critic_steps():
-    model = _build("wgan-gp", (1, 8, 8), width=8)
+@pytest.mark.parametrize("n_critic", [2, 5])  # the preset's, the paper's
+def test_wgan_gp_updates_the_generator_once_per_n_critic_steps(n_critic):
+    model = _build("wgan-gp", (1, 8, 8), width=8, n_critic=n_critic)
     opts = model.configure_optimizers()
     g_params = lambda: [p.detach().clone() for p in model.generator.parameters()]
     d_params = lambda: [p.detach().clone() for p in model.discriminator.parameters()]
-    for step in range(5):
+    for step in range(2 * n_critic):
         g0, d0 = g_params(), d_params()
         logs = model.train_step(_batch((1, 8, 8), seed=step), step, opts)
         g_moved = any(not torch.equal(a, b) for a, b in zip(g0, model.generator.parameters()))
-        assert g_moved == (step == 4)
+        assert g_moved == (step % n_critic == n_critic - 1)
         assert any(not torch.equal(a, b) for a, b in zip(d0, model.discriminator.parameters()))
         assert logs["gp"] > 0
     assert all(p.requires_grad for p in model.discriminator.parameters())

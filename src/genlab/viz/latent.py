@@ -78,11 +78,16 @@ def has_encoder(model: GenerativeModel) -> bool:
 
 def standard_normal_prior(model: GenerativeModel) -> bool:
     """Whether the model samples z from N(0, I), so truncation is meaningful: what the model declares in
-    ``has_standard_normal_prior`` when its class says it; otherwise a class that overrides ``prior_sample``
-    is taken to have a prior of its own."""
-    if type(model).has_standard_normal_prior is not GenerativeModel.has_standard_normal_prior:
-        return bool(model.has_standard_normal_prior)
-    return type(model).prior_sample is GenerativeModel.prior_sample
+    ``has_standard_normal_prior``, unless a class overrides ``prior_sample`` below the class that makes
+    that declaration (a user's subclass with a prior of its own), which is taken to have a prior of its own."""
+    mro = type(model).__mro__
+
+    def definer(name: str) -> int:
+        return next(i for i, cls in enumerate(mro) if name in cls.__dict__)
+
+    if definer("prior_sample") < definer("has_standard_normal_prior"):
+        return False
+    return bool(model.has_standard_normal_prior)
 
 
 def row_labels(model: GenerativeModel, rows: int, label: int | None = None) -> Tensor | None:
