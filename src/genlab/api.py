@@ -92,10 +92,10 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     if lr is not None:
         settings["lr"] = lr
     model_cfg = make_config(preset.model, settings)
-    overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "max_seconds": max_seconds}
+    overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "max_seconds": max_seconds,
+                 "precision": precision}
     train_cfg = TrainConfig(**{**preset.train, **{k: v for k, v in overrides.items() if v is not None},
-                               "seed": seed, "device": device, "precision": precision or preset.train.get("precision", "fp32"),
-                               "compile": bool(compile),
+                               "seed": seed, "device": device, "compile": bool(compile),
                                "channels_last": bool(channels_last)})
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     if max_seconds is not None and max_seconds <= 0:
