@@ -276,6 +276,34 @@ def test_the_same_command_again_reuses_runs_and_evaluations(compared):
                     name="digits-seed-vae-seed-gan-3ep", progress=False, log=quiet)
 
 
+def test_evaluations_made_with_other_evaluator_weights_are_redone(compared, tmp_path, monkeypatch):
+    import torch
+
+    from genlab.eval.evaluator import evaluator_cache_root, load_evaluator, save_evaluator
+
+    _, res = compared
+    root = tmp_path / "compare"  # a copy: the module's comparison keeps its evaluations
+    shutil.copytree(res.folder, root / res.folder.name)
+    fp = res.results["settings"]["evaluator_fingerprint"]
+    cache = tmp_path / "cache"
+    shutil.copytree(evaluator_cache_root() / fp, cache / "evaluators" / fp)
+    monkeypatch.setenv("GENLAB_CACHE", str(cache))
+    ev = load_evaluator(cache / "evaluators" / fp)
+    assert res.results["settings"]["evaluator_weights_sha256"] == ev.weights_sha256
+    with torch.no_grad():  # the same data and architecture, trained elsewhere: other weights
+        next(ev.net.parameters()).view(-1)[0] += 0.5
+    save_evaluator(type(ev)(ev.net, dict(ev.info)), cache / "evaluators" / fp)
+    log = []
+    again = run_compare(["seed-vae", "seed-gan"], "digits", "3ep", samples=300, out_root=root, progress=False,
+                        log=log.append)
+    assert sum("evaluation reused" in x for x in log) == 0 and sum(": evaluating" in x for x in log) == 2
+    s = again.results["settings"]
+    assert s["evaluator_fingerprint"] == fp and s["evaluator_weights_sha256"] != res.results["settings"][
+        "evaluator_weights_sha256"]
+    assert all(m["metrics"]["fid"] != n["metrics"]["fid"] for m, n in zip(again.results["models"],
+                                                                      res.results["models"]))
+
+
 def test_reused_run_folders_are_never_written_into(compared, tmp_path):
     _, res = compared
     reused = tmp_path / "my-vae"

@@ -134,6 +134,37 @@ def test_evaluator_accuracy_cache_and_fingerprint(digits, evaluator, cache, monk
     assert evaluator_cache_root() == cache.parent / "gc" / "evaluators"
 
 
+def test_a_retrained_evaluator_of_the_same_data_is_told_apart_by_its_weights(digits, evaluator, cache, tmp_path):
+    """Same fingerprint (data + architecture), other weights - as the same training on another CPU gives:
+    the reference features cached for the old network are not reused, and results name the weights."""
+    import shutil
+
+    from genlab.eval.evaluator import load_evaluator, save_evaluator
+
+    folder = tmp_path / evaluator.fingerprint
+    shutil.copytree(cache / evaluator.fingerprint, folder)
+    first = load_evaluator(folder)
+    old_feats, _ = first.split_features(digits, "test")
+    assert (folder / "features-test.safetensors").is_file() and len(first.weights_sha256) == 64
+    assert first.weights_sha256 == evaluator.weights_sha256 == evaluator.info["weights_sha256"]
+    with torch.no_grad():  # "retrain": one weight moves
+        next(first.net.parameters()).view(-1)[0] += 0.5
+    retrained = type(first)(first.net, dict(first.info))
+    assert retrained.fingerprint == first.fingerprint and retrained.weights_sha256 != first.weights_sha256
+    save_evaluator(retrained, folder)
+    again = load_evaluator(folder)
+    assert again.weights_sha256 == retrained.weights_sha256 == again.info["weights_sha256"]
+    new_feats, _ = again.split_features(digits, "test")  # recomputed: the file held the old network's
+    assert not torch.allclose(new_feats, old_feats, atol=1e-4)
+    assert torch.allclose(new_feats, again.features(digits.test.images), atol=1e-5)
+    # weights that are not the ones evaluator.json records: refused, with what to do
+    info = json.loads((folder / "evaluator.json").read_text())
+    info["weights_sha256"] = first.weights_sha256
+    (folder / "evaluator.json").write_text(json.dumps(info))
+    with pytest.raises(GenlabError, match="not the ones its evaluator.json records.*delete that folder"):
+        load_evaluator(folder)
+
+
 def test_calibration_ordering_on_digits(digits, evaluator, cache):
     rows = calibrate(digits, evaluator, seed=0)
     assert (cache / evaluator.fingerprint / "features-train.safetensors").is_file()  # reference features cached

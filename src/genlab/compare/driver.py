@@ -11,7 +11,7 @@ Folder layout::
 
 Running the same command again reuses what is done: a run whose checkpoint shows the budget spent is
 not trained again, an interrupted one is resumed, an evaluation is redone only when the evaluator
-fingerprint, sample count, seed or likelihood setting differ. A folder made for other data, models,
+(fingerprint or weights), sample count, seed or likelihood setting differ. A folder made for other data, models,
 budget or seed is never overwritten without ``--overwrite``.
 """
 from __future__ import annotations
@@ -195,13 +195,14 @@ def _train_preset(spec: ModelSpec, data: tuple[str, int | None, int | None], dat
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _usable(ev: dict[str, Any] | None, fingerprint: str, samples: int, seed: int, likelihood_k: int | None,
-            family_vae: bool) -> bool:
-    """Whether an existing evaluation was made exactly the way this comparison evaluates."""
+def _usable(ev: dict[str, Any] | None, evaluator_id: tuple[str, str], samples: int, seed: int,
+            likelihood_k: int | None, family_vae: bool) -> bool:
+    """Whether an existing evaluation was made exactly the way this comparison evaluates: with the same
+    evaluator (fingerprint and weights: ``evaluator_id``), sample count, seed and likelihood."""
     if not ev or ev.get("format") != "genlab-eval-1":
         return False
     p = ev.get("protocol", {})
-    if (p.get("evaluator_fingerprint") != fingerprint or p.get("n_samples") != samples or p.get("seed") != seed
+    if ((p.get("evaluator_fingerprint"), p.get("evaluator_weights_sha256")) != evaluator_id or p.get("n_samples") != samples or p.get("seed") != seed
             or p.get("reference") != "test"):
         return False
     lk = ev.get("likelihood")
@@ -219,7 +220,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _evaluate(spec: ModelSpec, folder: Path, fingerprint: str, samples: int, seed: int, likelihood_k: int | None,
+def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samples: int, seed: int, likelihood_k: int | None,
               has_encoder: bool, progress: bool, log: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
     """The evaluation of one model: reused when usable, else computed. Runs trained by the comparison keep
     it in their eval.json; reused run folders are never written into (it goes to evals/<tag>.json)."""
@@ -230,7 +231,7 @@ def _evaluate(spec: ModelSpec, folder: Path, fingerprint: str, samples: int, see
     candidates = [target] if own else [target, spec.run_dir / "eval.json"]
     for path in candidates:
         ev = _read_json(path)
-        if _usable(ev, fingerprint, samples, seed, likelihood_k, has_encoder):
+        if _usable(ev, evaluator_id, samples, seed, likelihood_k, has_encoder):
             log(f"== {spec.tag}: evaluation reused from {path}")
             return ev, path
     log(f"== {spec.tag}: evaluating ({samples} samples{'' if likelihood_k is None else f', IWAE k={likelihood_k}'})")
@@ -314,8 +315,8 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
     for s in specs:
         model = load(s.run_dir)
         loaded[s.tag] = model
-        ev, ev_path = _evaluate(s, folder, evaluator.fingerprint, samples, seed, likelihood_k,
-                                hasattr(model, "encode"), progress, log)
+        ev, ev_path = _evaluate(s, folder, (evaluator.fingerprint, evaluator.weights_sha256), samples, seed,
+                                likelihood_k, hasattr(model, "encode"), progress, log)
         state = _checkpoint_state(s.run_dir) or {}
         secs, images = state.get("train_seconds"), state.get("images_seen")
         entries.append({
@@ -340,6 +341,7 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
                      "class_names": dataset.class_names, "budget": budget_info, "seed": seed, "samples": samples,
                      "likelihood_k": likelihood_k, "reference": "test",
                      "evaluator_fingerprint": evaluator.fingerprint,
+                     "evaluator_weights_sha256": evaluator.weights_sha256,
                      "evaluator_test_accuracy": evaluator.info.get("test_accuracy"),
                      "feature_space": evaluator.describe()},
         "models": entries,
@@ -362,7 +364,8 @@ def format_results(results: dict[str, Any]) -> str:
     s = results["settings"]
     budget = s["budget"]["description"] if s["budget"] else "runs reused as they are"
     lines = [f"data {s['data']}; {budget}; seed {s['seed']}",
-             (f"evaluator {s['evaluator_fingerprint'][:12]} ({s['feature_space']}); {s['samples']} samples per model "
+             (f"evaluator {s['evaluator_fingerprint'][:12]}, weights {s.get('evaluator_weights_sha256', '?')[:12]} "
+              f"({s['feature_space']}); {s['samples']} samples per model "
              f"vs the {s['reference']} split"), ""]
     header = ["model", "family", "FID", "KID", "prec", "recall", "cover", "classes", "NLL", "train s", "img/s",
               "params"]

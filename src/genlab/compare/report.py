@@ -273,8 +273,9 @@ def how_to_read(results: dict[str, Any]) -> str:
         "<li><b>Classes</b>: classes the evaluator sees in at least a quarter of their fair share of samples.</li>"
         f"<li><b>NLL</b> (nats per image; VAEs only, GANs define no density): {nll}.</li>"
         f"<li>All scores are computed in the feature space of genlab's evaluator, a CNN classifier trained on this "
-        f"dataset (fingerprint <code>{html.escape(s['evaluator_fingerprint'][:16])}</code>{acc_text}), not "
-        f"Inception: they compare only with results of the same fingerprint. {s['samples']:,} samples per model "
+        f"dataset (fingerprint <code>{html.escape(s['evaluator_fingerprint'][:16])}</code>, weights "
+        f"<code>{html.escape(s.get('evaluator_weights_sha256', '?')[:16])}</code>{acc_text}), not "
+        f"Inception: they compare only with results of the same fingerprint and weights. {s['samples']:,} samples per model "
         f"against the {html.escape(s['reference'])} split, seed {s['seed']}.</li></ul></div>")
 
 

@@ -221,6 +221,7 @@ def _reference(dataset, evaluator, reference: str, max_ref: int, seed: int) -> t
 def protocol(evaluator, dataset, n_samples: int, reference: str, ref_used: int, ref_total: int,
              seed: int) -> dict[str, Any]:
     return {"evaluator_fingerprint": evaluator.fingerprint,
+            "evaluator_weights_sha256": evaluator.weights_sha256,
             "evaluator_arch": evaluator.info.get("arch"),
             "evaluator_test_accuracy": evaluator.info.get("test_accuracy"),
             "feature_space": evaluator.describe(),
