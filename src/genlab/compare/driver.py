@@ -11,8 +11,8 @@ Folder layout::
 
 Running the same command again reuses what is done: a run whose checkpoint shows the budget spent is
 not trained again, an interrupted one is resumed, an evaluation is redone only when the evaluator
-(fingerprint or weights), sample count, seed or likelihood setting differ. A folder made for other data, models,
-budget or seed is never overwritten without ``--overwrite``.
+(fingerprint or weights), sample count, seed or likelihood setting differ. A folder made for other data,
+models, budget or seed is never overwritten without ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -202,8 +202,8 @@ def _usable(ev: dict[str, Any] | None, evaluator_id: tuple[str, str], samples: i
     if not ev or ev.get("format") != "genlab-eval-1":
         return False
     p = ev.get("protocol", {})
-    if ((p.get("evaluator_fingerprint"), p.get("evaluator_weights_sha256")) != evaluator_id or p.get("n_samples") != samples or p.get("seed") != seed
-            or p.get("reference") != "test"):
+    made_by = (p.get("evaluator_fingerprint"), p.get("evaluator_weights_sha256"))
+    if made_by != evaluator_id or p.get("n_samples") != samples or p.get("seed") != seed or p.get("reference") != "test":
         return False
     lk = ev.get("likelihood")
     if lk and lk.get("binarized"):
@@ -220,8 +220,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samples: int, seed: int, likelihood_k: int | None,
-              has_encoder: bool, progress: bool, log: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samples: int, seed: int,
+              likelihood_k: int | None, has_encoder: bool, progress: bool, log: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
     """The evaluation of one model: reused when usable, else computed. Runs trained by the comparison keep
     it in their eval.json; reused run folders are never written into (it goes to evals/<tag>.json)."""
     from ..eval.report import evaluate_run

@@ -275,8 +275,8 @@ def how_to_read(results: dict[str, Any]) -> str:
         f"<li>All scores are computed in the feature space of genlab's evaluator, a CNN classifier trained on this "
         f"dataset (fingerprint <code>{html.escape(s['evaluator_fingerprint'][:16])}</code>, weights "
         f"<code>{html.escape(s.get('evaluator_weights_sha256', '?')[:16])}</code>{acc_text}), not "
-        f"Inception: they compare only with results of the same fingerprint and weights. {s['samples']:,} samples per model "
-        f"against the {html.escape(s['reference'])} split, seed {s['seed']}.</li></ul></div>")
+        f"Inception: they compare only with results of the same fingerprint and weights. {s['samples']:,} samples "
+        f"per model against the {html.escape(s['reference'])} split, seed {s['seed']}.</li></ul></div>")
 
 
 def build_report(results: dict[str, Any], models: dict[str, Any], dataset, evaluator) -> str:

@@ -186,19 +186,18 @@ class Evaluator:
         if split in self._split_cache:
             return self._split_cache[split]
         from safetensors import safe_open
-        from safetensors.torch import load_file, save
+        from safetensors.torch import save
 
         n = len(getattr(dataset, split))
         file = None if self.path is None else Path(self.path) / f"features-{split}.safetensors"
         if file is not None and file.is_file() and fingerprint_matches(dataset, self.fingerprint):
             try:
                 with safe_open(str(file), "pt") as f:  # features of this very network, not of a retrained one
-                    tagged = (f.metadata() or {}).get("weights_sha256") == self.weights_sha256
-                if tagged:
-                    t = load_file(str(file))
-                    if t["features"].shape[0] == n:
-                        self._split_cache[split] = (t["features"], t["logits"])
-                        return self._split_cache[split]
+                    if (f.metadata() or {}).get("weights_sha256") == self.weights_sha256:
+                        feats, logits = f.get_tensor("features"), f.get_tensor("logits")
+                        if feats.shape[0] == n:
+                            self._split_cache[split] = (feats, logits)
+                            return self._split_cache[split]
             except (OSError, KeyError, RuntimeError, ValueError):
                 pass  # recompute below
         feats, logits = self.features_and_logits(getattr(dataset, split).images)

@@ -126,7 +126,8 @@ def format_table(result: dict[str, Any]) -> str:
     """A plain-text summary of an evaluate_run / evaluate_npz / evaluate_images result."""
     p, m = result["protocol"], result["metrics"]
     lines = [f"feature space: {p['feature_space']}",
-             f"evaluator {p['evaluator_fingerprint'][:12]}, weights {p.get('evaluator_weights_sha256', '?')[:12]} (test accuracy {_fmt(p.get('evaluator_test_accuracy'), '{:.4f}')});"
+             f"evaluator {p['evaluator_fingerprint'][:12]}, weights {p.get('evaluator_weights_sha256', '?')[:12]}"
+             f" (test accuracy {_fmt(p.get('evaluator_test_accuracy'), '{:.4f}')});"
              f" {p['n_samples']} samples vs {p['reference_size']} {p['reference']} images; seed {p['seed']}", ""]
     rows = [("FID", _fmt(m["fid"], "{:.3f}")),
             ("KID", f"{m['kid']:.5f} +- {m['kid_std']:.5f} (subsets of {m['kid_subset_size']})"),
