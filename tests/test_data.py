@@ -41,12 +41,13 @@ def isolated(monkeypatch, tmp_path):
     """Cache in tmp_path, no proxies, and default mirrors that can never reach the internet."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("GENLAB_DATA", str(cache))
-    for var in ("GENLAB_MNIST_MIRROR", "GENLAB_FASHION_MNIST_MIRROR", "http_proxy", "HTTP_PROXY",
+    for var in ("GENLAB_MNIST_MIRROR", "GENLAB_FASHION_MNIST_MIRROR", "GENLAB_CIFAR10_MIRROR", "http_proxy", "HTTP_PROXY",
                 "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     dead = closed_port_url()
     monkeypatch.setitem(dl.MIRRORS, "mnist", [dead])
     monkeypatch.setitem(dl.MIRRORS, "fashion-mnist", [dead])
+    monkeypatch.setitem(dl.MIRRORS, "cifar10", [dead])
     return cache
 
 
@@ -83,7 +84,7 @@ def png(path: Path, array, mode=None):
 # ---------------------------------------------------------------- cache dir, specs
 
 def test_sources_and_default_cache_dir(monkeypatch, tmp_path):
-    assert SOURCES == ("digits", "mnist", "fashion-mnist", "folder:PATH", "npz:PATH")
+    assert SOURCES == ("digits", "mnist", "fashion-mnist", "cifar10", "folder:PATH", "npz:PATH")
     assert default_cache_dir() == tmp_path / "cache"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("GENLAB_DATA", "~/data")
@@ -103,9 +104,9 @@ def test_spec_parsing_and_options(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert parse_spec("npz:~/d.npz") == ("npz", tmp_path / "d.npz")
     with pytest.raises(DataError) as e:
-        load_dataset("cifar10")
+        load_dataset("svhn")
     msg = str(e.value)
-    assert "'cifar10'" in msg and all(s.split(":")[0] in msg for s in SOURCES)
+    assert "'svhn'" in msg and all(s.split(":")[0] in msg for s in SOURCES)
     (tmp_path / "pics").mkdir()
     with pytest.raises(DataError, match="did you mean folder:pics"):
         load_dataset("pics")

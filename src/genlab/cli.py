@@ -36,9 +36,11 @@ def _setting(text: str) -> tuple[str, object]:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", metavar="SOURCE",
-                   help="digits (default, bundled), mnist, fashion-mnist, folder:PATH or npz:PATH "
+                   help="digits (default, bundled), mnist, fashion-mnist, cifar10, folder:PATH or npz:PATH "
                         "(see `genlab datasets`)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files (IDX for mnist/fashion-mnist)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder holding the dataset files (IDX for mnist/fashion-mnist; "
+                        "cifar-10-binary.tar.gz or its .bin files for cifar10)")
     p.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 (grey) or 3 (RGB) channels")
 

@@ -1,4 +1,4 @@
-"""Datasets for genlab: built-in digits, MNIST, Fashion-MNIST, image folders and .npz files.
+"""Datasets for genlab: built-in digits, MNIST, Fashion-MNIST, CIFAR-10, image folders and .npz files.
 
     >>> from genlab.data import load_dataset
     >>> ds = load_dataset("digits")

@@ -1,4 +1,4 @@
-"""Cache folder and checksum-verified downloads of the MNIST-style IDX files.
+"""Cache folder and checksum-verified downloads (the MNIST-style IDX files, the CIFAR-10 archive).
 
 Downloads go to a temporary file next to the destination and are moved into place with
 ``os.replace`` only after their MD5 matches, so a failed or partial download never leaves a
@@ -29,18 +29,21 @@ FILES: tuple[str, ...] = (
     "t10k-labels-idx1-ubyte",
 )
 
-#: Base URLs tried in order; ``<base><file>.gz`` is fetched. An environment variable from
-#: MIRROR_ENV (one URL, or several separated by commas/spaces) replaces the list.
+#: Base URLs tried in order; ``<base><file>`` is fetched (the file names are the keys of MD5[name]).
+#: An environment variable from MIRROR_ENV (one URL, or several separated by commas/spaces)
+#: replaces the list.
 MIRRORS: dict[str, list[str]] = {
     "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/"],
     "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
 }
 MIRROR_ENV: dict[str, str] = {
     "mnist": "GENLAB_MNIST_MIRROR",
     "fashion-mnist": "GENLAB_FASHION_MNIST_MIRROR",
+    "cifar10": "GENLAB_CIFAR10_MIRROR",
 }
 
-#: Upstream MD5 of each downloaded ``.gz`` file.
+#: Upstream MD5 of each downloaded file.
 MD5: dict[str, dict[str, str]] = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -54,6 +57,7 @@ MD5: dict[str, dict[str, str]] = {
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     },
+    "cifar10": {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"},  # the binary version
 }
 
 #: Seconds to wait for a connection or for the next block of data.
@@ -146,25 +150,37 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, pro
     return dest
 
 
+def _mirrors_or_error(name: str, what: str) -> list[str]:
+    urls = mirrors(name)
+    if not urls:
+        raise DataError(f"no download mirror is configured for {name}; set {MIRROR_ENV.get(name, 'a mirror')} "
+                        f"to a base URL that serves {what}.")
+    return urls
+
+
+@contextlib.contextmanager
+def _removed_on_failure(dest_dir: Path):
+    """Leave no empty cache folder behind: a ``dest_dir`` this call creates is removed if it fails."""
+    created = not dest_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                dest_dir.rmdir()
+        raise
+
+
 def fetch(name: str, dest_dir: str | os.PathLike, progress: bool = True) -> str:
     """Download the missing ``.gz`` IDX files of ``name`` into ``dest_dir``; return the mirror(s) used.
 
     Each file is tried on every mirror in turn; DataError lists every attempt if all fail.
     """
     dest_dir = Path(dest_dir)
-    urls = mirrors(name)
-    if not urls:
-        raise DataError(f"no download mirror is configured for {name}; set {MIRROR_ENV.get(name, 'a mirror')} "
-                        "to a base URL that serves the .gz IDX files.")
+    urls = _mirrors_or_error(name, "the .gz IDX files")
     used: list[str] = []
-    created = not dest_dir.exists()
-    try:
+    with _removed_on_failure(dest_dir):
         _fetch_missing(name, dest_dir, urls, used, progress)
-    except BaseException:
-        if created:  # leave no empty cache folder behind
-            with contextlib.suppress(OSError):
-                dest_dir.rmdir()
-        raise
     return ", ".join(used) if used else "(all files were already present)"
 
 
@@ -173,16 +189,31 @@ def _fetch_missing(name: str, dest_dir: Path, urls: list[str], used: list[str], 
         gz = stem + ".gz"
         if (dest_dir / stem).is_file() or (dest_dir / gz).is_file():
             continue
-        failures = []
-        for base in urls:
-            try:
-                download_file(base + gz, dest_dir / gz, MD5[name][gz], progress=progress)
-            except DataError as e:
-                failures.append(str(e))
-                continue
-            if base not in used:
-                used.append(base)
-            break
-        else:
-            raise DataError(f"could not download {gz} from any mirror:\n"
-                            + "\n".join(f"    - {f}" for f in failures))
+        base = _from_any_mirror(name, gz, dest_dir, urls, progress)
+        if base not in used:
+            used.append(base)
+
+
+def _from_any_mirror(name: str, file: str, dest_dir: Path, urls: list[str], progress: bool) -> str:
+    """Download ``file`` into ``dest_dir`` from the first mirror that serves it intact; return that mirror."""
+    failures = []
+    for base in urls:
+        try:
+            download_file(base + file, dest_dir / file, MD5[name][file], progress=progress)
+        except DataError as e:
+            failures.append(str(e))
+            continue
+        return base
+    raise DataError(f"could not download {file} from any mirror:\n" + "\n".join(f"    - {f}" for f in failures))
+
+
+def fetch_file(name: str, file: str, dest_dir: str | os.PathLike, progress: bool = True) -> str:
+    """Download one ``file`` of ``name`` (a key of MD5[name]) into ``dest_dir``; return the mirror used.
+
+    Every mirror is tried in turn; DataError lists every attempt if all fail, and a ``dest_dir``
+    created here is removed again.
+    """
+    dest_dir = Path(dest_dir)
+    urls = _mirrors_or_error(name, file)
+    with _removed_on_failure(dest_dir):
+        return _from_any_mirror(name, file, dest_dir, urls, progress)

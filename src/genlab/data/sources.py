@@ -1,8 +1,9 @@
 """Dataset containers, spec parsing and the ``load_dataset`` / ``dataset_status`` entry points.
 
 Specs: ``digits``, ``mnist``, ``fashion-mnist`` (also ``fashion_mnist``, ``fashionmnist``; any case),
-``folder:PATH`` and ``npz:PATH`` (``~`` expanded; relative paths are relative to the current
-directory, not to ``data_dir``, which only concerns mnist/fashion-mnist).
+``cifar10`` (also ``cifar-10``, ``cifar_10``), ``folder:PATH`` and ``npz:PATH`` (``~`` expanded;
+relative paths are relative to the current directory, not to ``data_dir``, which only concerns
+mnist/fashion-mnist/cifar10).
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genlab.data import cifar as _cifar
 from genlab.data import folder as _folder
 from genlab.data import mnist as _mnist
 from genlab.data import npz as _npz
 from genlab.data import transform as _t
 from genlab.errors import DataError
 
-SOURCES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "folder:PATH", "npz:PATH")
+SOURCES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "folder:PATH", "npz:PATH")
 _ALIASES = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist",
-            "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist"}
-_VALID = ("digits (scikit-learn 8x8 digits, offline), mnist, fashion-mnist, folder:PATH (a folder of "
-          "images, sub-folders = classes), npz:PATH (a numpy .npz file)")
+            "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar10": "cifar10", "cifar-10": "cifar10"}
+_VALID = ("digits (scikit-learn 8x8 digits, offline), mnist, fashion-mnist, cifar10 (CIFAR-10, binary version), "
+          "folder:PATH (a folder of images, sub-folders = classes), npz:PATH (a numpy .npz file)")
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Dataset:
 
 
 def parse_spec(spec) -> tuple[str, Path | None]:
-    """``spec`` -> (kind, absolute path or None); kind is digits, mnist, fashion-mnist, folder or npz."""
+    """``spec`` -> (kind, absolute path or None); kind is digits, mnist, fashion-mnist, cifar10, folder or npz."""
     if not isinstance(spec, (str, os.PathLike)):
         raise DataError(f"dataset spec must be a string, got {spec!r}. Valid sources: {_VALID}.")
     text = os.fspath(spec).strip()
@@ -113,8 +115,9 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, image_siz
                  channels: int | None = None, download: bool = True, progress: bool = True) -> Dataset:
     """Load a dataset by spec (see SOURCES) as uint8 tensors, optionally resized / channel-converted.
 
-    ``data_dir`` is searched for mnist/fashion-mnist IDX files; ``download`` allows fetching
-    those into ``default_cache_dir()``; ``progress`` shows tqdm bars for downloads and large folders.
+    ``data_dir`` is searched for mnist/fashion-mnist IDX files and CIFAR-10's binary batches;
+    ``download`` allows fetching those into ``default_cache_dir()``; ``progress`` shows tqdm bars
+    for downloads and large folders.
     Every user error raises :class:`genlab.errors.DataError`.
     """
     _t.check_options(image_size, channels)
@@ -126,6 +129,9 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, image_siz
     elif kind in _mnist.NAMES:
         x, y, tx, ty, origin = _mnist.load(kind, data_dir, download=download, progress=progress)
         name, class_names = kind, list(_mnist.CLASS_NAMES[kind])
+    elif kind == _cifar.NAME:
+        x, y, tx, ty, origin = _cifar.load(data_dir, download=download, progress=progress)
+        name, class_names = kind, list(_cifar.CLASS_NAMES)
     elif kind == "folder":
         images, labels, class_names, origin = _folder.load(path, image_size, channels, progress)
         x, y, tx, ty = _split(images, labels, str(path))
@@ -164,6 +170,14 @@ def dataset_status(data_dir: str | os.PathLike | None = None) -> list[dict]:
             looked = "; ".join(f"{d} ({what})" for d, what in checked)
             out.append({"name": name, "available": False, "where": f"not found (looked in: {looked})",
                         "how": _mnist.how_to_get(name).replace("\n", " ")})
+    source, checked = _cifar.locate(data_dir)
+    if source is not None:
+        out.append({"name": _cifar.NAME, "available": True, "where": str(source),
+                    "how": "ready: 60000 RGB 32x32 images, 10 classes (binary version)"})
+    else:
+        looked = "; ".join(f"{d} ({what})" for d, what in checked)
+        out.append({"name": _cifar.NAME, "available": False, "where": f"not found (looked in: {looked})",
+                    "how": _cifar.how_to_get().replace("\n", " ")})
     out.append({"name": "folder:PATH", "available": True, "where": "any folder of images you point it at",
                 "how": f"folder:/path/to/images with files ending in {', '.join(_folder.EXTENSIONS)}; "
                        "one sub-folder per class for labels; mixed sizes need --image-size"})
