@@ -6,6 +6,7 @@ import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from genlab.errors import GenlabError
+from genlab.models import Batch, build_model
 from genlab.models.priors import GaussianMixturePrior
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -52,7 +53,6 @@ def test_samples_follow_the_fitted_mixture_and_are_reproducible():
 
 
 def test_a_conditional_vae_refuses_the_unconditional_mixture():
-    from genlab.models import build_model
     with pytest.raises(GenlabError, match="conditional"):
         build_model("conv-vae", {"prior": "gmm", "conditional": True}, (1, 28, 28), 10)
     with pytest.raises(GenlabError, match="unknown prior"):
@@ -130,3 +130,55 @@ def test_the_torch_em_fit_is_as_good_as_scikit_learns():
     # same data and seed: the same fit, bit for bit
     again = fit_gaussian_mixture(data, 6, seed=0)
     assert torch.equal(again[1], means) and torch.equal(again[2], covs)
+
+
+def test_the_mlp_vae_weight_average_follows_the_decay_formula_and_eval_mode_uses_it():
+    torch.manual_seed(0)
+    model = build_model("mlp-vae", {"hidden": [32, 16], "z_dim": 4, "ema_decay": 0.9}, (1, 8, 8))
+    opts = model.configure_optimizers()
+    averaged = {id(p) for p in model.averaged.parameters()}
+    assert not any(id(p) in averaged for g in opts["vae"].param_groups for p in g["params"])  # never trained
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    for step in range(3):
+        model.train_step(Batch(x), step, opts)
+    assert model.ema_decay_at(0) == pytest.approx(1 / 10) and model.ema_decay_at(10_000) == 0.9
+    with torch.no_grad():  # pull the average far from the weights, then one step past the warm-up
+        for p in model.averaged.parameters():
+            p.normal_()
+    before = {k: p.detach().clone() for k, p in model.averaged.named_parameters()}
+    model.train_step(Batch(x), 10_000, opts)
+    for name in ("encoder", "mu_head", "logvar_head", "decoder"):
+        for (k, p), w in zip(model.averaged[name].named_parameters(), getattr(model, name).parameters()):
+            torch.testing.assert_close(p, 0.9 * before[f"{name}.{k}"] + 0.1 * w.detach(), rtol=1e-6, atol=1e-7)
+    # training mode encodes with the trained weights, eval mode with their average
+    mu_train, _ = model.encode(x)
+    model.eval()
+    mu_eval, _ = model.encode(x)
+    assert not torch.allclose(mu_train, mu_eval)
+    torch.testing.assert_close(mu_eval, model.averaged["mu_head"](model.averaged["encoder"](x.flatten(1))))
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(model.decode(z), torch.sigmoid(model.averaged["decoder"](z)).view(3, 1, 8, 8))
+
+
+def test_an_averaged_gmm_vae_fits_its_prior_on_the_average_and_resumes_identically(tmp_path):
+    from genlab import api
+    from genlab.training.run import load_run_dataset
+
+    kw = {"progress": False, "prior": "gmm", "z_dim": 4, "hidden": [32, 16], "prior_components": 3,
+          "ema_decay": 0.95}
+    straight = api.train("mlp-vae", "digits", epochs=2, out=tmp_path / "a", **kw)
+    stopped = api.train("mlp-vae", "digits", epochs=2, max_steps=17, out=tmp_path / "b", **kw)
+    resumed = api.resume(stopped.run_dir, progress=False)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and any(k.startswith("averaged.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the mixture was fitted to codes of the averaged encoder (what sampling decodes with): refitting
+    # from those codes gives the saved fit, refitting from the trained encoder's does not
+    model = api.load(straight.run_dir)
+    train = load_run_dataset(model.run_config, progress=False).train.images
+    saved = model.prior.means.clone()
+    model.fit_prior(train, seed=0)
+    torch.testing.assert_close(model.prior.means, saved)
+    model.averaged = None  # the same model without its average: codes of the trained weights
+    model.fit_prior(train, seed=0)
+    assert not torch.allclose(model.prior.means, saved, atol=1e-3)

@@ -5,18 +5,22 @@ sample   z = mu + sigma * eps                   (reparameterization, losses.repa
 decoder  z -> h2 -> h1 -> logits -> sigmoid     (the seed's fc4, fc5, fc6)
 loss     BCE(sum) + KL = -ELBO                  (the seed's section 4.2)
 
-Beyond the seed: a KL weight ``beta`` and, with ``prior="gmm"``, a Gaussian mixture fitted to
+Beyond the seed: a KL weight ``beta``; with ``prior="gmm"``, a Gaussian mixture fitted to
 the encoded training set after every epoch for sampling and likelihoods (ex-post density
-estimation, Ghosh et al. 2020; see ``priors.py``), as for the convolutional VAE.
+estimation, Ghosh et al. 2020; see ``priors.py``), as for the convolutional VAE; and with
+``ema_decay`` an exponential moving average of every weight (Polyak & Juditsky 1992), which the
+model uses in eval mode: for sampling, encoding, likelihoods and the prior's fit.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
-from ..nets import mlp
+from ..nets import ema_update, mlp
 from . import losses
 from .base import Batch, GenerativeModel, adam, as_float_images, randn
 from .priors import FittedPriorMixin, check_prior
@@ -35,6 +39,7 @@ class MLPVAEConfig:
     prior: str = "normal"  # "normal" (N(0, I), the seed's) or "gmm" (a mixture fitted to the encoded training set)
     prior_components: int = 10  # mixture components of prior="gmm"
     prior_fit_images: int = 20_000  # training images encoded for each fit (a seeded subset)
+    ema_decay: float = 0.0  # EMA of the weights, used in eval mode (sampling, likelihoods, prior fit); 0 = off
 
 
 class MLPVAE(FittedPriorMixin, GenerativeModel):
@@ -51,15 +56,32 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
         self.logvar_head = nn.Linear(hidden[-1], config.z_dim)
         self.decoder = mlp([config.z_dim, *reversed(hidden), self.x_dim], config.activation)
         self.prior = self.make_prior(config.z_dim)
+        self.averaged = None  # the EMA of the four networks, by name (ema_decay > 0)
+        if config.ema_decay > 0:
+            self.averaged = nn.ModuleDict({name: copy.deepcopy(getattr(self, name)) for name in self._NETS})
+            self.averaged.requires_grad_(False)
+
+    _NETS = ("encoder", "mu_head", "logvar_head", "decoder")
+
+    def _net(self, name: str) -> nn.Module:
+        """The network ``name``: its moving average in eval mode when one is kept, else the trained one."""
+        if self.averaged is not None and not self.training:
+            return self.averaged[name]
+        return getattr(self, name)
+
+    def ema_decay_at(self, step: int) -> float:
+        """min(ema_decay, (1 + t) / (10 + t)) after t = step + 1 updates: the average forgets the random
+        initialization within the first few hundred steps (as the GANs' generator EMA)."""
+        return min(self.config.ema_decay, (1.0 + step) / (10.0 + step))
 
     # -- the VAE's own interface -------------------------------------------------------------
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """q(z|x) = N(mu, diag(exp(logvar))) for images x in [0, 1] (``labels``: unused, unconditional)."""
-        h = self.encoder(x.flatten(1))
-        return self.mu_head(h), self.logvar_head(h)
+        h = self._net("encoder")(x.flatten(1))
+        return self._net("mu_head")(h), self._net("logvar_head")(h)
 
     def decode_logits(self, z: Tensor) -> Tensor:
-        return self.decoder(z).view(-1, *self.image_shape)
+        return self._net("decoder")(z).view(-1, *self.image_shape)
 
     def decode(self, z: Tensor) -> Tensor:
         """The decoder's mean image, in [0, 1]."""
@@ -97,7 +119,7 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
 
     # -- the common interface ----------------------------------------------------------------
     def configure_optimizers(self):
-        return {"vae": adam(self.parameters(), lr=self.config.lr)}
+        return {"vae": adam([p for p in self.parameters() if p.requires_grad], lr=self.config.lr)}
 
     def train_step(self, batch: Batch, step: int, optimizers) -> dict[str, Tensor]:
         ctx = self.step_context
@@ -113,6 +135,10 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
         opt.zero_grad(set_to_none=True)
         ctx.backward(loss, "vae", reduction="sum")
         ctx.step(opt, "vae")
+        if self.averaged is not None:
+            decay = self.ema_decay_at(step)
+            for name in self._NETS:
+                ema_update(self.averaged[name], getattr(self, name), decay)
         return {"loss": loss.detach() / n, "recon": terms["recon"].detach().mean(), "kl": terms["kl"].detach().mean()}
 
     @torch.no_grad()
