@@ -1,4 +1,9 @@
 """Shared fixtures."""
+import functools
+import http.server
+import socket
+import threading
+
 import pytest
 import torch
 
@@ -10,3 +15,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(folder served, its URL): an HTTP server on 127.0.0.1 for the download tests."""
+    root = tmp_path / "www"
+    root.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """The data cache in tmp_path/cache, no proxies, and every dataset's default mirror a closed port
+    on 127.0.0.1: no test can download from the internet. Returns the cache folder."""
+    from genlab.data import download as dl
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GENLAB_DATA", str(cache))
+    for var in (*dl.MIRROR_ENV.values(), "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    for name in dl.MIRRORS:
+        monkeypatch.setitem(dl.MIRRORS, name, [dead])
+    return cache

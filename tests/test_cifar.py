@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
-import socket
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +20,11 @@ N = 3  # records per batch file here (10,000 in the real files)
 NAMES = "airplane automobile bird cat deer dog frog horse ship truck".split()  # batches.meta.txt
 
 
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/"
-
-
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """Cache in tmp_path, small batch files, no proxies, and a default mirror that is never reachable."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("GENLAB_DATA", str(cache))
-    for var in ("GENLAB_CIFAR10_MIRROR", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
-                "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setitem(dl.MIRRORS, "cifar10", [closed_port_url()])
+def isolated(offline, monkeypatch):
+    """Offline (conftest.py) with small batch files."""
     monkeypatch.setattr(cifar, "RECORDS_PER_FILE", N)
-    return cache
+    return offline
 
 
 def batch_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
@@ -226,24 +210,7 @@ def test_corrupt_archive(tmp_path, damage):
     assert f"{archive} is truncated or corrupt" in msg and f"delete {archive} so that genlab downloads it again" in msg
 
 
-# ---------------------------------------------------------------- downloads (local HTTP server)
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path):
-    """(folder served, its URL) on 127.0.0.1."""
-    root = tmp_path / "www"
-    root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-
+# ---------------------------------------------------------------- downloads (local HTTP server: `server` in conftest.py)
 
 def test_download_verifies_and_keeps_archive(server, monkeypatch, isolated):
     root, url = server
@@ -257,7 +224,7 @@ def test_download_verifies_and_keeps_archive(server, monkeypatch, isolated):
     assert [p.name for p in cached.iterdir()] == [cifar.ARCHIVE]  # kept as it is, no temp files
     assert dl.md5_of(cached / cifar.ARCHIVE) == md5
     assert ds.origin.startswith(str(cached / cifar.ARCHIVE)) and f"downloaded from {url}c10/" in ds.origin
-    monkeypatch.setenv("GENLAB_CIFAR10_MIRROR", closed_port_url())  # now read from the cache
+    monkeypatch.setenv("GENLAB_CIFAR10_MIRROR", dl.MIRRORS["cifar10"][0])  # a closed port: now read from the cache
     assert_same(load_dataset("cifar10", download=False), expected)
 
 

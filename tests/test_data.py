@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import os
 import socket
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,18 +34,9 @@ def closed_port_url() -> str:
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """Cache in tmp_path, no proxies, and default mirrors that can never reach the internet."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("GENLAB_DATA", str(cache))
-    for var in ("GENLAB_MNIST_MIRROR", "GENLAB_FASHION_MNIST_MIRROR", "GENLAB_CIFAR10_MIRROR", "http_proxy", "HTTP_PROXY",
-                "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    dead = closed_port_url()
-    monkeypatch.setitem(dl.MIRRORS, "mnist", [dead])
-    monkeypatch.setitem(dl.MIRRORS, "fashion-mnist", [dead])
-    monkeypatch.setitem(dl.MIRRORS, "cifar10", [dead])
-    return cache
+def isolated(offline):
+    """Cache in tmp_path, no proxies, and default mirrors that can never reach the internet (conftest.py)."""
+    return offline
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -287,24 +275,7 @@ def test_missing_dataset_lists_every_folder_searched(tmp_path, monkeypatch, isol
     assert not (isolated / "fashion-mnist").exists()
 
 
-# ---------------------------------------------------------------- downloads (local HTTP server)
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-
+# ---------------------------------------------------------------- downloads (local HTTP server: `server` in conftest.py)
 
 def serve_set(root: Path, name: str, monkeypatch, seed=4):
     arrays = make_idx_set(root / name, seed=seed)
