@@ -13,9 +13,8 @@ model uses in eval mode: for sampling, encoding, likelihoods and the prior's fit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -70,8 +69,8 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
         return getattr(self, name)
 
     def ema_decay_at(self, step: int) -> float:
-        """min(ema_decay, (1 + t) / (10 + t)) after t = step + 1 updates: the average forgets the random
-        initialization within the first few hundred steps (as the GANs' generator EMA)."""
+        """The decay of the update made at ``step`` (0-based): min(ema_decay, (1 + step) / (10 + step)), so the
+        average forgets the random initialization within the first few hundred steps (as the GANs' EMA)."""
         return min(self.config.ema_decay, (1.0 + step) / (10.0 + step))
 
     # -- the VAE's own interface -------------------------------------------------------------
