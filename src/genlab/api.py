@@ -69,7 +69,7 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
           max_steps: int | None = None, max_seconds: float | None = None, data_dir: str | Path | None = None,
           image_size: int | None = None, channels: int | None = None, device: str = "auto", progress: bool = True,
           overwrite: bool = False, runs_root: str | Path = "runs", precision: str | None = None, compile: bool = False,
-          channels_last: bool = False, **model_settings: Any) -> TrainResult:
+          channels_last: bool = False, lr_schedule: str | None = None, **model_settings: Any) -> TrainResult:
     """Train a model or preset (see ``genlab models``) on a data source (see ``genlab datasets``).
 
     ``model_settings`` override fields of the model's config dataclass (e.g. ``g_loss="minimax"``).
@@ -77,6 +77,9 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     of training time in all. ``precision`` ("fp32", "bf16", or "fp16" on a CUDA GPU; None: the preset's,
     fp32 unless it says otherwise), ``compile``
     (torch.compile) and ``channels_last`` choose how fast it runs; they are saved with the run.
+    ``lr_schedule`` ("constant", "linear" or "cosine"; None: the preset's) decays every optimizer's
+    learning rate to 0 at the end of the budget: the last epoch, ``max_steps`` or ``max_seconds``,
+    whichever comes first.
     Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken).
 
     Under torchrun (``torchrun --nproc-per-node N``) every process calls this alike: they train
@@ -93,7 +96,7 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
         settings["lr"] = lr
     model_cfg = make_config(preset.model, settings)
     overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "max_seconds": max_seconds,
-                 "precision": precision}
+                 "precision": precision, "lr_schedule": lr_schedule}
     train_cfg = TrainConfig(**{**preset.train, **{k: v for k, v in overrides.items() if v is not None},
                                "seed": seed, "device": device, "compile": bool(compile),
                                "channels_last": bool(channels_last)})

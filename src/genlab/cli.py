@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="passes over the training set (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="images per step (default: the preset's, 128 for the seed)")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
+    p.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default=None,
+                   help="learning rate over the run: constant, or decayed to 0 at the end of the budget (the last "
+                        "epoch, --max-steps or --max-minutes, whichever comes first); default: the preset's")
     p.add_argument("--seed", type=int, default=0, help="seed of every random stream of the run (default 0)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in all (a checkpoint is saved)")
     p.add_argument("--max-minutes", type=float, metavar="M",
@@ -243,7 +246,7 @@ def _train(args) -> int:
         raise GenlabError(f"--max-minutes must be positive, got {args.max_minutes}.")
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     if args.resume:
-        if args.model or args.set or args.g_loss or args.lr or args.batch_size:
+        if args.model or args.set or args.g_loss or args.lr or args.batch_size or args.lr_schedule:
             raise GenlabError("--resume continues a run with its own settings; only --epochs, --max-steps, "
                               "--max-minutes, --device, --precision, --compile and --channels-last may change.")
         result = resume(args.resume, epochs=args.epochs, max_steps=args.max_steps, max_seconds=max_seconds,
@@ -261,7 +264,8 @@ def _train(args) -> int:
                        data_dir=args.data_dir,
                        image_size=args.image_size, channels=args.channels, device=args.device or "auto",
                        progress=progress, overwrite=args.overwrite, precision=args.precision,
-                       compile=bool(args.compile), channels_last=bool(args.channels_last), **settings)
+                       compile=bool(args.compile), channels_last=bool(args.channels_last),
+                       lr_schedule=args.lr_schedule, **settings)
     if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
         return 130 if result.status == "interrupted" else 0
     print(f"run folder: {result.run_dir}")

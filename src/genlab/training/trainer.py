@@ -54,6 +54,26 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32", "bf16" (autocast on CPU or GPU) or "fp16" (autocast + loss scaling, CUDA)
     compile: bool = False  # torch.compile the model's networks (warm-up logged apart, not in img/s)
     channels_last: bool = False  # NHWC weights and batches for convolutional models
+    lr_schedule: str = "constant"  # "constant", or "linear" / "cosine" decay to 0 at the end of the budget (lr_factor)
+
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """The learning rate as a fraction of the configured one, ``progress`` of the way through the
+    training budget (0 at the start, 1 at its end): 1 throughout for "constant"; 1 - progress for
+    "linear", the schedule that Li et al. 2020 ("Budgeted Training", ICLR) found best when the
+    budget is known in advance; (1 + cos(pi * progress)) / 2 for "cosine" (Loshchilov & Hutter 2017,
+    without restarts)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - p
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "constant":
+        return 1.0
+    raise GenlabError(f"unknown learning-rate schedule {schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass
@@ -78,6 +98,8 @@ def check_train_config(config: TrainConfig, device: torch.device, world_size: in
     folder is made."""
     if config.epochs < 1 or config.batch_size < 1:
         raise GenlabError("--epochs and --batch-size must be at least 1.")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise GenlabError(f"unknown --lr-schedule {config.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
     if config.batch_size % world_size:
         raise GenlabError(f"--batch-size {config.batch_size} is the batch of all {world_size} processes together "
                           f"and must divide evenly among them: use a multiple of {world_size}.")
@@ -133,9 +155,13 @@ class Trainer:
         elif config.channels_last:
             self._say("--channels-last: this model has no convolutions; its memory layout stays as it is")
         self.optimizers = self.model.configure_optimizers()
+        for opt in self.optimizers.values():  # the schedule scales each group's own rate (restored on resume)
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
         self.model.step_context = self.context
         self.compiled = speed.compile_networks(self.model) if config.compile else []
         self.state = TrainState()
+        self.lr_factor = 1.0  # the schedule's last factor (lr_factor), logged as lr_factor
         self.shuffle = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)  # the model's own noise (z, eps) comes from the global stream
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.safetensors"
@@ -213,6 +239,22 @@ class Trainer:
         self.model.train()
         return out
 
+    # -- the learning-rate schedule ----------------------------------------------------------
+    def budget_progress(self, total_steps: int, seconds: float) -> float:
+        """How far through its budget the run is, for the schedule: the larger of the fraction of its
+        steps taken and, under a time limit (``max_seconds``), the fraction of its time used
+        (``seconds``), so that the rate reaches 0 at whichever limit comes first."""
+        progress = self.state.step / max(total_steps, 1)
+        if self.config.max_seconds:
+            progress = max(progress, seconds / self.config.max_seconds)
+        return progress
+
+    def _apply_lr_schedule(self, progress: float) -> None:
+        factor = self.lr_factor = lr_factor(self.config.lr_schedule, progress)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> str:
         """Train until ``epochs`` (or ``max_steps``, or ``max_seconds`` of training time). Returns "completed",
@@ -247,6 +289,10 @@ class Trainer:
         status = "completed"
         last_save = time.monotonic()
         warmup = bool(self.compiled)  # the first step compiles: timed apart
+        scheduled = cfg.lr_schedule != "constant"
+        # training time as the schedule reads it under torchrun: the processes' mean, agreed every
+        # log_every steps, so that every process sets the same rate (one process reads its clock)
+        sched_seconds = st.train_seconds
 
         def flush() -> None:
             nonlocal sums, count, window_images, window_start
@@ -257,6 +303,8 @@ class Trainer:
                       "time": round(st.train_seconds, 3)}
             if window_images:
                 record["img_per_s"] = round(window_images / max(now - window_start, 1e-9), 1)
+            if scheduled:
+                record["lr_factor"] = round(self.lr_factor, 5)
             totals = torch.stack([v.detach().double().reshape(()) for v in sums.values()])  # one read-back
             if self.dist.active:
                 totals = distributed.mean_across(totals)
@@ -273,6 +321,10 @@ class Trainer:
                 for batch in batches.epoch(start=st.batch_in_epoch):
                     n = batches.global_size(st.batch_in_epoch)  # images in this step, all processes
                     ctx.begin_step(batch.images.shape[0], n)
+                    if scheduled:
+                        seconds = (sched_seconds if self.dist.active
+                                   else st.train_seconds + time.perf_counter() - t0)
+                        self._apply_lr_schedule(self.budget_progress(total, seconds))
                     if warmup:
                         logs = self._compile_warmup_step(batch)
                     else:
@@ -304,6 +356,9 @@ class Trainer:
                         st.train_seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         flush()
+                        if scheduled and cfg.max_seconds and self.dist.active:
+                            sched_seconds = float(distributed.mean_across(
+                                torch.tensor([st.train_seconds], dtype=torch.float64, device=self.device)))
                     if save_due:
                         self.save(epoch_start_state)
                         last_save = time.monotonic()
