@@ -7,7 +7,8 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from genlab.errors import GenlabError
 from genlab.models import Batch, build_model
-from genlab.models.priors import GaussianMixturePrior
+from genlab.models import losses
+from genlab.models.priors import GaussianMixturePrior, LearnedMixturePrior
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -50,6 +51,58 @@ def test_samples_follow_the_fitted_mixture_and_are_reproducible():
     assert torch.equal(s, prior.sample(8000, torch.Generator().manual_seed(0)))
     # batched log_prob keeps leading dimensions
     assert prior.log_prob(s.view(2, 4000, 3)).shape == (2, 4000)
+
+
+def _set_learned_mixture(prior: LearnedMixturePrior, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        prior.means.copy_(torch.randn(prior.means.shape, generator=g) * 2)
+        prior.logvars.copy_(torch.randn(prior.logvars.shape, generator=g) * 0.5)
+        prior.logits.copy_(torch.randn(prior.logits.shape, generator=g))
+
+
+def test_the_learned_mixture_is_the_density_torch_distributions_computes_and_samples_from_it():
+    from torch.distributions import Independent, Normal
+
+    prior = LearnedMixturePrior(3, components=4)
+    _set_learned_mixture(prior)
+    ref = MixtureSameFamily(Categorical(logits=prior.logits.detach()),
+                            Independent(Normal(prior.means.detach(), (0.5 * prior.logvars.detach()).exp()), 1))
+    z = torch.randn(2, 100, 3) * 3
+    assert torch.allclose(prior.log_prob(z), ref.log_prob(z), atol=1e-4)  # leading dimensions kept
+    s = prior.sample(20000, torch.Generator().manual_seed(0))
+    r = ref.sample((20000,))
+    assert torch.allclose(s.mean(0), r.mean(0), atol=0.1) and torch.allclose(s.std(0), r.std(0), atol=0.1)
+    assert torch.equal(s, prior.sample(20000, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("model_name", ["mlp-vae", "conv-vae"])
+def test_a_learned_mixture_prior_is_trained_with_the_vae_through_a_one_sample_kl(tmp_path, model_name):
+    from genlab import api
+
+    small = {"mlp-vae": {"hidden": [32, 16]}, "conv-vae": {"width": 4}}[model_name]
+    model = build_model(model_name, {"prior": "mog", "prior_components": 3, "z_dim": 4, **small}, (1, 8, 8))
+    _set_learned_mixture(model.prior)
+    x, eps = torch.rand(6, 1, 8, 8), torch.randn(6, 4)
+    terms = model.loss_terms(x, noise=eps)
+    mu, logvar = model.encode(x)
+    z = mu + (0.5 * logvar).exp() * eps
+    # KL(q || p) has no closed form under a mixture: log q(z|x) - log p(z) at the posterior's own sample
+    assert torch.allclose(terms["kl"], losses.log_normal(z, mu, logvar) - model.prior.log_prob(z), atol=1e-5)
+    assert not torch.allclose(terms["kl"], losses.gaussian_kl(mu, logvar), atol=1e-2)
+    assert not model.has_standard_normal_prior and model.fit_prior(x) == {}  # nothing to fit ex post
+    means = model.prior.means.detach().clone()
+    model.train_step(Batch(x), 0, model.configure_optimizers())
+    assert not torch.equal(model.prior.means, means)  # the prior is a parameter of the model
+    # trained on digits it is saved with the weights and scored under itself
+    res = api.train(model_name, "digits", epochs=2, out=tmp_path / "run", progress=False,
+                    prior="mog", prior_components=5, z_dim=4, **small)
+    loaded = api.load(res.run_dir)
+    assert torch.equal(loaded.prior.means, res.model.prior.means)
+    assert torch.equal(loaded.sample(4, generator=torch.Generator().manual_seed(0)),
+                       res.model.sample(4, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(GenlabError, match="prior=mog is one mixture for every class"):
+        build_model("conv-vae", {"prior": "mog", "conditional": True}, (1, 28, 28), 10)
 
 
 def test_a_conditional_vae_refuses_the_unconditional_mixture():
@@ -109,6 +162,23 @@ def test_a_gmm_vae_resumed_after_a_stop_ends_identical_to_one_that_never_stopped
     resumed = api.resume(stopped.run_dir, progress=False)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_mixture_is_refitted_every_nth_epoch_and_at_the_end_and_the_weights_do_not_change(tmp_path):
+    import json
+
+    from genlab import api
+
+    kw = {"progress": False, "prior": "gmm", "z_dim": 8, "hidden": [64, 32], "prior_components": 3}
+    every = api.train("mlp-vae", "digits", epochs=5, out=tmp_path / "every", **kw)
+    sparse = api.train("mlp-vae", "digits", epochs=5, out=tmp_path / "sparse", prior_fit_every=2, **kw)
+    fitted = [r["epoch"] for r in map(json.loads, (sparse.run_dir / "metrics.jsonl").read_text().splitlines())
+              if r.get("event") == "epoch_end" and "prior_log_density" in r]
+    assert fitted == [2, 4, 5]  # every 2nd epoch, and the last
+    a, b = every.model.state_dict(), sparse.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the last fit is the same fit too
+    with pytest.raises(GenlabError, match="prior_fit_every .* at least 1; got 0"):
+        build_model("mlp-vae", {"prior": "gmm", "prior_fit_every": 0}, (1, 28, 28))
 
 
 def test_the_torch_em_fit_is_as_good_as_scikit_learns():

@@ -13,7 +13,7 @@ from genlab.models import Batch, build_model, losses
 from genlab.models.base import adam
 from genlab.models.registry import resolve
 from genlab.training import checkpoint as ckpt
-from genlab.training import speed
+from genlab.training import context, speed
 from genlab.training.context import TrainingContext
 from genlab.training.trainer import TrainConfig, Trainer
 
@@ -48,7 +48,10 @@ def test_bf16_training_on_cpu_learns_and_is_saved_with_the_run_for_resume(tmp_pa
     assert resumed.model.step_context.precision == "bf16" and resumed.state.epoch == 4
 
 
-def test_a_preset_trains_in_its_own_precision_unless_told_otherwise(tmp_path):
+@pytest.mark.parametrize("native", [True, False])
+def test_a_preset_trains_in_its_own_precision_unless_told_otherwise(tmp_path, monkeypatch, native):
+    # mlp-vae-gmm's "auto": bf16 on a CPU that computes it natively, fp32 on one that would emulate it
+    monkeypatch.setattr(context, "_cpu_flags", lambda: {"avx2", "avx512f"} | ({"avx512_bf16"} if native else set()))
     small = {"hidden": [64, 32], "z_dim": 4, "prior_components": 2}
     own = genlab.train("mlp-vae-gmm", "digits", out=tmp_path / "own", max_steps=3, progress=False, **small)
     told = genlab.train("mlp-vae-gmm", "digits", out=tmp_path / "told", max_steps=3, precision="fp32",
@@ -56,8 +59,22 @@ def test_a_preset_trains_in_its_own_precision_unless_told_otherwise(tmp_path):
     seed = genlab.train("seed-vae", "digits", out=tmp_path / "seed", max_steps=3, progress=False)
     precision = {r: json.loads((r / "config.json").read_text())["train"]["precision"]
                  for r in (own.run_dir, told.run_dir, seed.run_dir)}
-    assert precision == {own.run_dir: "bf16", told.run_dir: "fp32", seed.run_dir: "fp32"}
+    auto = "bf16" if native else "fp32"
+    assert precision == {own.run_dir: auto, told.run_dir: "fp32", seed.run_dir: "fp32"}  # recorded as trained
+    assert own.model.step_context.precision == auto
     assert own.model.prior.is_fitted  # the stop refitted the mixture to the weights it saved
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    for flags, expected in (({"avx512_bf16"}, "bf16"), ({"amx_bf16", "avx512f"}, "bf16"),
+                            ({"avx2", "avx512f", "fma"}, "fp32"), (set(), "fp32")):
+        monkeypatch.setattr(context, "_cpu_flags", lambda flags=flags: flags)
+        assert context.resolve_precision("auto", cpu) == expected, flags
+        assert context.resolve_precision("fp32", cpu) == "fp32" and context.resolve_precision("bf16", cpu) == "bf16"
+    assert TrainingContext("auto", cpu).precision == "fp32"  # (the last flags: none)
+    with pytest.raises(GenlabError, match="unknown precision 'fp8'; choose one of: auto, fp32, bf16, fp16"):
+        context.check_precision("fp8", cpu)
 
 
 ZOO = [("seed-vae", {}), ("seed-gan", {}), ("dcgan", {"width": 8}), ("wgan-gp", {"width": 8}),

@@ -12,7 +12,7 @@ from genlab.models.conv_vae import ConvVAE
 from genlab.models.dcgan import DCGAN
 from genlab.nets import ConvDecoder, ConvDiscriminator, conv_plan
 
-ZOO_PRESETS = ["dcgan", "wgan-gp", "sngan", "cgan", "conv-vae", "vae-gmm", "mlp-vae-gmm", "beta-vae", "cvae", "iwae", "vae-gan"]
+ZOO_PRESETS = ["dcgan", "wgan-gp", "sngan", "cgan", "conv-vae", "vae-gmm", "mlp-vae-gmm", "mlp-vae-mog", "beta-vae", "cvae", "iwae", "vae-gan"]
 CONDITIONAL = {"cgan", "cvae"}
 
 
@@ -88,7 +88,7 @@ def test_the_zoo_presets_are_registered_with_their_training_budgets():
     assert PRESETS["dcgan"].train["epochs"] == 9  # fits 15 minutes on every project CPU measured (docs/gallery.md)
     wgan = PRESETS["wgan-gp"].model_config
     assert wgan["gp_weight"] == 10.0 and wgan["n_critic"] == 2 and wgan["ema_decay"] == 0.999
-    assert PRESETS["mlp-vae-gmm"].train["precision"] == "bf16" and PRESETS["mlp-vae-gmm"].model_config["prior"] == "gmm"
+    assert PRESETS["mlp-vae-gmm"].train["precision"] == "auto" and PRESETS["mlp-vae-gmm"].model_config["prior"] == "gmm"
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
@@ -242,6 +242,16 @@ def test_kl_weight_warms_up_linearly_to_beta():
     logs = model.train_step(_batch((1, 8, 8)), 49, model.configure_optimizers())
     assert logs["beta"].item() == pytest.approx(2.0)
     assert _small_vae(beta=4.0).beta_at(0) == 4.0
+
+
+def test_the_mlp_vae_warms_its_kl_weight_up_too_and_trains_on_the_weighted_loss():
+    model = build_model("mlp-vae", {"hidden": [32, 16], "z_dim": 4, "beta": 0.5, "kl_warmup_steps": 10}, (1, 8, 8))
+    assert [model.beta_at(s) for s in (0, 4, 9, 100)] == pytest.approx([0.05, 0.25, 0.5, 0.5])
+    logs = model.train_step(_batch((1, 8, 8)), 4, model.configure_optimizers())
+    assert logs["beta"].item() == pytest.approx(0.25)
+    assert logs["loss"].item() == pytest.approx(logs["recon"].item() + 0.25 * logs["kl"].item(), rel=1e-5)
+    plain = build_model("mlp-vae", {"hidden": [32, 16], "z_dim": 4}, (1, 8, 8))
+    assert "beta" not in plain.train_step(_batch((1, 8, 8)), 4, plain.configure_optimizers())
 
 
 @pytest.mark.parametrize("overrides", [{"likelihood": "gaussian"}, {"likelihood": "gaussian", "gaussian_std": 0.1},

@@ -21,6 +21,7 @@ from .fileio import atomic_write_json
 from .models.base import GenerativeModel
 from .models.registry import build_model, make_config, resolve
 from .training import distributed
+from .training.context import resolve_precision
 from .training.run import load, load_run_dataset, model_from_config, next_free_dir, read_run_config, train_config_from, write_run_config
 from .training.trainer import Trainer, TrainConfig, TrainState, check_train_config, resolve_device
 
@@ -74,8 +75,8 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
 
     ``model_settings`` override fields of the model's config dataclass (e.g. ``g_loss="minimax"``).
     ``max_steps`` / ``max_seconds`` stop the run early (with a checkpoint) after that many steps / seconds
-    of training time in all. ``precision`` ("fp32", "bf16", or "fp16" on a CUDA GPU; None: the preset's,
-    fp32 unless it says otherwise), ``compile``
+    of training time in all. ``precision`` ("fp32", "bf16", "fp16" on a CUDA GPU, or "auto": bf16 where
+    the device computes it natively, else fp32; None: the preset's, fp32 unless it says otherwise), ``compile``
     (torch.compile) and ``channels_last`` choose how fast it runs; they are saved with the run.
     ``lr_schedule`` ("constant", "linear" or "cosine"; None: the preset's) decays every optimizer's
     learning rate to 0 at the end of the budget: the last epoch, ``max_steps`` or ``max_seconds``,
@@ -100,6 +101,7 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     train_cfg = TrainConfig(**{**preset.train, **{k: v for k, v in overrides.items() if v is not None},
                                "seed": seed, "device": device, "compile": bool(compile),
                                "channels_last": bool(channels_last)})
+    train_cfg.precision = resolve_precision(train_cfg.precision, resolve_device(this_device))  # "auto": as trained
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     if max_seconds is not None and max_seconds <= 0:
         raise GenlabError(f"the training time limit must be positive, got {max_seconds} s.")
@@ -141,6 +143,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
         if value is not None:
             setattr(train_cfg, name, value)
     dist, this_device = distributed.setup(train_cfg.device)
+    train_cfg.precision = resolve_precision(train_cfg.precision, resolve_device(this_device))
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     with distributed.main_first():
         dataset = load_run_dataset(config, progress=progress and dist.is_main)

@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder given by --out")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                   help="fp32, bf16 (autocast; CPU or GPU) or fp16 (autocast + loss scaling; CUDA GPUs); default: the "
-                        "preset's (fp32 for all but mlp-vae-gmm, see `genlab models`)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="fp32, bf16 (autocast; CPU or GPU), fp16 (autocast + loss scaling; CUDA GPUs) or auto (bf16 "
+                        "where the device has it natively - AVX-512 BF16/AMX CPUs, Ampere and later GPUs - else fp32); "
+                        "default: the preset's (fp32 for all but mlp-vae-gmm's auto, see `genlab models`)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model's networks (its warm-up is logged apart, not in img/s)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

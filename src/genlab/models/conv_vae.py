@@ -12,7 +12,8 @@ prior      "normal": p(z) = N(0, I); "gmm": after every epoch a Gaussian mixture
            codes z ~ q(z|x) of (a seeded subset of) the training images and replaces N(0, I) for
            sampling and likelihoods - ex-post density estimation (Ghosh et al. 2020, section 4),
            which fills the "holes" between the aggregate posterior and N(0, I). Training itself
-           always regularises q towards N(0, I).
+           regularises q towards N(0, I). "mog": a mixture of diagonal Gaussians trained with the
+           model (Tomczak & Welling 2018), the KL term a one-sample estimate.
 
 Beside the common interface, a VAE offers encode, decode, reconstruct, elbo and
 ``log_px_given_z(x, z, labels=None)`` -> log p(x|z) per image: with encode it is all an
@@ -50,9 +51,10 @@ class ConvVAEConfig:
     iwae_k: int = 1  # importance samples of the training bound; 1 = the ELBO
     conditional: bool = False  # the CVAE: q(z | x, y) and p(x | z, y)
     batchnorm: bool = False  # BatchNorm in both networks (makes log p(x|z) depend on the mode)
-    prior: str = "normal"  # "normal" (N(0, I)) or "gmm" (a mixture fitted to the encoded training set)
-    prior_components: int = 10  # mixture components of prior="gmm" (10 in Ghosh et al. 2020)
+    prior: str = "normal"  # "normal" (N(0, I)), "gmm" (a mixture fitted to the encoded training set) or "mog" (trained)
+    prior_components: int = 10  # mixture components of prior="gmm" (10 in Ghosh et al. 2020) or "mog"
     prior_fit_images: int = 20_000  # training images encoded for each fit (a seeded subset)
+    prior_fit_every: int = 1  # epochs between fits (the last epoch and a stop always fit); sampling-only cost
     lr: float = 1e-3
 
 
@@ -71,7 +73,7 @@ class ConvVAE(FittedPriorMixin, GenerativeModel):
                               f"{num_classes}. Use conv-vae, or labelled data.")
         if c.iwae_k < 1:
             raise GenlabError(f"iwae_k must be at least 1, got {c.iwae_k}.")
-        check_prior(c.prior, c.prior_components, c.prior_fit_images, c.conditional)
+        check_prior(c.prior, c.prior_components, c.prior_fit_images, c.conditional, c.prior_fit_every)
         self.label_dim = num_classes if c.conditional else 0
         self.maps = 1 if c.likelihood == "gaussian" and c.gaussian_std > 0 else DECODER_MAPS[c.likelihood]
         self.encoder = ConvEncoder(self.image_shape, c.width, c.batchnorm)
@@ -136,11 +138,15 @@ class ConvVAE(FittedPriorMixin, GenerativeModel):
 
     def loss_terms(self, x: Tensor, labels: Tensor | None = None, noise: Tensor | None = None,
                    beta: float | None = None) -> dict[str, Tensor]:
-        """Per-image reconstruction NLL, analytic KL and negative (beta-)ELBO, one sample of z."""
+        """Per-image reconstruction NLL, KL (analytic for N(0, I), one-sample for prior="mog") and negative
+        (beta-)ELBO, one sample of z."""
         mu, logvar = self.encode(x, labels)
         z = losses.reparameterize(mu, logvar, noise)  # z = mu + sigma * eps  (K&W 2014, eq. 10)
         recon = -self.log_px_given_z(x, z, labels)
-        kl = losses.gaussian_kl(mu, logvar)  # K&W 2014, appendix B
+        if self.has_learned_prior:  # one-sample estimate of KL(q(z|x) || p(z)) under the trained mixture
+            kl = losses.log_normal(z, mu, logvar) - self.prior.log_prob(z)
+        else:
+            kl = losses.gaussian_kl(mu, logvar)  # K&W 2014, appendix B
         b = self.config.beta if beta is None else beta
         return {"recon": recon, "kl": kl, "neg_elbo": losses.negative_elbo(recon, kl, b)}
 

@@ -159,13 +159,55 @@ class GaussianMixturePrior(nn.Module):
         return self.means[k] + (self.scale_tril[k] @ eps.unsqueeze(-1)).squeeze(-1)
 
 
-PRIORS = ("normal", "gmm")
+class LearnedMixturePrior(nn.Module):
+    """p(z) = sum_k pi_k N(z; mean_k, diag(exp(logvar_k))), trained with the VAE: the mixture-of-Gaussians
+    prior of Tomczak & Welling 2018 ("VAE with a VampPrior", section 3). The KL term is then estimated
+    with the posterior's sample, log q(z|x) - log p(z), and the encoder is no longer pulled towards
+    N(0, I) but towards a density that can follow the aggregate posterior, so that a code carries
+    more information for the same KL cost. Means start spread as N(0, I) draws, variances at 1,
+    weights equal; all three are parameters."""
+
+    is_fitted = True  # a prior in use from the first step (FittedPriorMixin reads this)
+
+    def __init__(self, dim: int, components: int):
+        super().__init__()
+        self.dim, self.components = int(dim), int(components)
+        self.means = nn.Parameter(torch.randn(components, dim))
+        self.logvars = nn.Parameter(torch.zeros(components, dim))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) for z of shape (..., dim), in float32."""
+        flat = losses.fp32(z.reshape(-1, 1, self.dim))
+        comp = losses.log_normal(flat, self.means.float(), self.logvars.float())  # (N, K)
+        return torch.logsumexp(comp + torch.log_softmax(self.logits.float(), 0), dim=1).view(z.shape[:-1])
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        dev = self.means.device
+        gdev = generator.device if generator is not None else dev
+        eps = torch.randn((n, self.dim), generator=generator, device=gdev).to(dev)
+        k = torch.multinomial(torch.softmax(self.logits.detach().float(), 0).to(gdev), n, replacement=True,
+                              generator=generator).to(dev)
+        return self.means[k] + (0.5 * self.logvars[k]).exp() * eps
 
 
-def check_prior(prior: str, components: int, fit_images: int, conditional: bool = False) -> None:
-    """A clear error for prior settings that cannot work (``prior``, ``prior_components``, ``prior_fit_images``)."""
+PRIORS = ("normal", "gmm", "mog")
+
+
+def check_prior(prior: str, components: int, fit_images: int, conditional: bool = False, fit_every: int = 1) -> None:
+    """A clear error for prior settings that cannot work (``prior``, ``prior_components``, ``prior_fit_images``,
+    ``prior_fit_every``)."""
+    if fit_every < 1:
+        raise GenlabError(f"prior_fit_every is the number of epochs between fits of the mixture prior and must be "
+                          f"at least 1; got {fit_every}.")
     if prior not in PRIORS:
         raise GenlabError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIORS)}")
+    if prior == "mog" and conditional:
+        raise GenlabError("prior=mog is one mixture for every class, but a conditional VAE's prior is p(z|y): "
+                          "use prior=normal with conditional=true.")
+    if prior == "mog" and components < 1:
+        raise GenlabError(f"prior=mog needs prior_components >= 1; got {components}.")
     if prior == "gmm" and conditional:
         raise GenlabError("prior=gmm fits one mixture to every class's codes, but a conditional VAE's "
                           "prior is p(z|y): use prior=normal with conditional=true.")
@@ -177,15 +219,29 @@ def check_prior(prior: str, components: int, fit_images: int, conditional: bool 
 class FittedPriorMixin:
     """The prior of a VAE whose config has ``prior`` ("normal" or "gmm"), ``prior_components`` and
     ``prior_fit_images``: N(0, I), or a ``GaussianMixturePrior`` (``self.prior``) that the Trainer
-    refits to the encoded training set after every epoch through ``fit_prior``. Training always
-    regularises q(z|x) towards N(0, I); the mixture replaces it for sampling and likelihoods.
+    refits to the encoded training set through ``fit_prior`` after every ``prior_fit_every``-th epoch,
+    after the last and at every stop. Training always regularises q(z|x) towards N(0, I); the mixture
+    replaces it for sampling and likelihoods, so how often it is refitted changes no weight: only
+    what the epochs between fits sample from (the last fit) and the training time the fits take.
     The class using it sets ``self.prior`` (None for the standard normal) and has ``encode``."""
 
-    prior: GaussianMixturePrior | None
+    prior: GaussianMixturePrior | LearnedMixturePrior | None
 
-    def make_prior(self, z_dim: int) -> GaussianMixturePrior | None:
+    @property
+    def prior_fit_every(self) -> int:
+        """Epochs between the Trainer's refits of the mixture (the config's ``prior_fit_every``)."""
+        return int(getattr(self.config, "prior_fit_every", 1))
+
+    def make_prior(self, z_dim: int) -> GaussianMixturePrior | LearnedMixturePrior | None:
         c = self.config
+        if c.prior == "mog":
+            return LearnedMixturePrior(z_dim, c.prior_components)
         return GaussianMixturePrior(z_dim, c.prior_components) if c.prior == "gmm" else None
+
+    @property
+    def has_learned_prior(self) -> bool:
+        """prior="mog": a mixture trained with the model (its KL term is a one-sample estimate)."""
+        return isinstance(self.prior, LearnedMixturePrior)
 
     @property
     def has_standard_normal_prior(self) -> bool:
@@ -206,7 +262,7 @@ class FittedPriorMixin:
         training images (a subset drawn with ``seed``): a density estimate of the aggregate
         posterior, the prior that maximises the ELBO for the given encoder (Hoffman & Johnson
         2016). The Trainer calls this at the end of every epoch. No-op for the standard normal."""
-        if self.prior is None:
+        if self.prior is None or self.has_learned_prior:
             return {}
         was_training = self.training
         self.eval()

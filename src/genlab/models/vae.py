@@ -5,9 +5,11 @@ sample   z = mu + sigma * eps                   (reparameterization, losses.repa
 decoder  z -> h2 -> h1 -> logits -> sigmoid     (the seed's fc4, fc5, fc6)
 loss     BCE(sum) + KL = -ELBO                  (the seed's section 4.2)
 
-Beyond the seed: a KL weight ``beta``; with ``prior="gmm"``, a Gaussian mixture fitted to
-the encoded training set after every epoch for sampling and likelihoods (ex-post density
-estimation, Ghosh et al. 2020; see ``priors.py``), as for the convolutional VAE; and with
+Beyond the seed: a KL weight ``beta``, warmed up from 0 over ``kl_warmup_steps``; with
+``prior="gmm"``, a Gaussian mixture fitted to the encoded training set after every
+(``prior_fit_every``-th) epoch for sampling and likelihoods (ex-post density estimation, Ghosh
+et al. 2020; see ``priors.py``), as for the convolutional VAE; with ``prior="mog"`` a mixture
+prior trained with the model (Tomczak & Welling 2018); and with
 ``ema_decay`` an exponential moving average of every weight (Polyak & Juditsky 1992), which the
 model uses in eval mode: for sampling, encoding, likelihoods and the prior's fit.
 """
@@ -34,10 +36,13 @@ class MLPVAEConfig:
     activation: str = "relu"
     lr: float = 1e-3
     beta: float = 1.0  # weight of the KL term; 1 is the true ELBO
+    kl_warmup_steps: int = 0  # beta rises linearly from 0 over this many steps (Sønderby et al. 2016); 0 = none
     binarize: bool = False  # dynamic binarization: train on x ~ Bernoulli(pixel), a fresh draw every step
-    prior: str = "normal"  # "normal" (N(0, I), the seed's) or "gmm" (a mixture fitted to the encoded training set)
-    prior_components: int = 10  # mixture components of prior="gmm"
+    prior: str = "normal"  # "normal" (N(0, I), the seed's), "gmm" (a mixture fitted to the encoded training set) or
+    # "mog" (a mixture of diagonal Gaussians trained with the model, Tomczak & Welling 2018)
+    prior_components: int = 10  # mixture components of prior="gmm" or "mog"
     prior_fit_images: int = 20_000  # training images encoded for each fit (a seeded subset)
+    prior_fit_every: int = 1  # epochs between fits (the last epoch and a stop always fit); sampling-only cost
     ema_decay: float = 0.0  # EMA of the weights, used in eval mode (sampling, likelihoods, prior fit); 0 = off
 
 
@@ -48,7 +53,7 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
 
     def __init__(self, config: MLPVAEConfig, image_shape, num_classes: int = 0):
         super().__init__(config, image_shape, num_classes)
-        check_prior(config.prior, config.prior_components, config.prior_fit_images)
+        check_prior(config.prior, config.prior_components, config.prior_fit_images, fit_every=config.prior_fit_every)
         hidden = list(config.hidden)
         self.encoder = mlp([self.x_dim, *hidden], config.activation, last_act=True)
         self.mu_head = nn.Linear(hidden[-1], config.z_dim)
@@ -90,13 +95,26 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
         """log p(x|z) per image, in nats (Bernoulli decoder); z of shape (B, z_dim) for x of (B, C, H, W)."""
         return -losses.bernoulli_nll(self.decode_logits(z), x)
 
-    def loss_terms(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
-        """Per-image reconstruction NLL, KL and negative ELBO (one sample of z)."""
+    def beta_at(self, step: int) -> float:
+        """The KL weight of training step ``step`` (0-based): ``beta``, reached linearly from 0 over the first
+        ``kl_warmup_steps`` steps. The warm-up lets the decoder learn to use the latent code before the KL
+        term prices it, which keeps more latent units active (Bowman et al. 2016; Sønderby et al. 2016)."""
+        c = self.config
+        if c.kl_warmup_steps <= 0:
+            return c.beta
+        return c.beta * min(1.0, (step + 1) / c.kl_warmup_steps)
+
+    def loss_terms(self, x: Tensor, noise: Tensor | None = None, beta: float | None = None) -> dict[str, Tensor]:
+        """Per-image reconstruction NLL, KL and negative (beta-)ELBO (one sample of z); ``beta``: the config's."""
         mu, logvar = self.encode(x)
         z = losses.reparameterize(mu, logvar, noise)
         recon = losses.bernoulli_nll(self.decode_logits(z), x)
-        kl = losses.gaussian_kl(mu, logvar)
-        return {"recon": recon, "kl": kl, "neg_elbo": losses.negative_elbo(recon, kl, self.config.beta)}
+        if self.has_learned_prior:  # one-sample estimate of KL(q(z|x) || p(z)) under the trained mixture
+            kl = losses.log_normal(z, mu, logvar) - self.prior.log_prob(z)
+        else:
+            kl = losses.gaussian_kl(mu, logvar)
+        beta = self.config.beta if beta is None else beta
+        return {"recon": recon, "kl": kl, "neg_elbo": losses.negative_elbo(recon, kl, beta)}
 
     @torch.no_grad()
     def elbo(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -128,7 +146,7 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
             x = ctx.bernoulli(x)
         eps = ctx.randn(n, self.config.z_dim, device=x.device)  # the reparameterization's noise
         with ctx.autocast():
-            terms = self.loss_terms(x, noise=eps)
+            terms = self.loss_terms(x, noise=eps, beta=self.beta_at(step))
         loss = terms["neg_elbo"].sum()  # the seed sums over the batch (reduction='sum')
         opt = optimizers["vae"]
         opt.zero_grad(set_to_none=True)
@@ -138,7 +156,10 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
             decay = self.ema_decay_at(step)
             for name in self._NETS:
                 ema_update(self.averaged[name], getattr(self, name), decay)
-        return {"loss": loss.detach() / n, "recon": terms["recon"].detach().mean(), "kl": terms["kl"].detach().mean()}
+        logs = {"loss": loss.detach() / n, "recon": terms["recon"].detach().mean(), "kl": terms["kl"].detach().mean()}
+        if self.config.kl_warmup_steps > 0:
+            logs["beta"] = torch.tensor(self.beta_at(step))
+        return logs
 
     @torch.no_grad()
     def decode_latent(self, z: Tensor, labels=None) -> Tensor:

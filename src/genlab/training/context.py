@@ -9,6 +9,7 @@ precision  "fp32": plain float32, the exact arithmetic of ``loss.backward(); opt
            and convolutions in bfloat16, losses in float32 (``losses.fp32``), weights, gradients
            and optimizer states in float32. bfloat16 has float32's exponent range, so no loss
            scaling.
+           "auto": bf16 where the device computes it natively (``fast_bf16``), else fp32.
            "fp16": float16 autocast on a CUDA GPU with a ``GradScaler`` per optimizer name
            (generator and discriminator scale their losses apart), whose state is checkpointed.
 processes  under torchrun each process weights a mean loss by its share of the global batch,
@@ -31,13 +32,48 @@ from . import distributed
 from .distributed import DistInfo
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUTO = "auto"  # bf16 where the device computes it natively (fast_bf16), else fp32; resolved before training
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matmuls natively, so that bf16 autocast is faster than
+    float32: CUDA GPUs of compute capability 8.0 (Ampere) and later; x86 CPUs with AVX-512 BF16 or
+    AMX (read from /proc/cpuinfo, Linux). Elsewhere bf16 is emulated, and on a CPU that is slower
+    than float32 by an order of magnitude or more (measured: 210 against 4,150 img/s for
+    mlp-vae-gmm on a Zen 3 EPYC)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision to train in: ``precision`` itself, or for "auto" bf16 where ``fast_bf16`` and
+    fp32 elsewhere."""
+    if precision == AUTO:
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
 
 
 def check_precision(precision: str, device: torch.device) -> None:
     """A clear error for a precision this device cannot train in."""
+    precision = resolve_precision(precision, device)
     if precision not in PRECISIONS:
-        raise GenlabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
+        raise GenlabError(f"unknown precision {precision!r}; choose one of: {AUTO}, {', '.join(PRECISIONS)}.")
     if precision == "fp16" and device.type != "cuda":
         raise GenlabError(f"--precision fp16 needs a CUDA GPU (this run is on {device.type}); "
                           "use --precision bf16 on CPU.")
@@ -50,6 +86,7 @@ class TrainingContext(StepContext):
 
     def __init__(self, precision: str, device: torch.device, dist: DistInfo | None = None):
         device = torch.device(device)
+        precision = resolve_precision(precision, device)
         check_precision(precision, device)
         self.precision = precision
         self.device = device

@@ -33,7 +33,7 @@ from ..models.base import GenerativeModel
 from ..viz.grid import save_grid
 from . import checkpoint as ckpt
 from . import distributed, speed
-from .context import TrainingContext, check_precision
+from .context import TrainingContext, check_precision, resolve_precision
 
 
 @dataclass
@@ -51,7 +51,8 @@ class TrainConfig:
     drop_last: bool = False  # the seed's DataLoader keeps the last, smaller batch
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (long epochs lose little to a kill -9)
     device: str = "auto"
-    precision: str = "fp32"  # "fp32", "bf16" (autocast on CPU or GPU) or "fp16" (autocast + loss scaling, CUDA)
+    precision: str = "fp32"  # "fp32", "bf16" (autocast on CPU or GPU), "fp16" (autocast + loss scaling, CUDA) or
+    # "auto" (bf16 where the device has it natively, else fp32: context.fast_bf16; resolved before training)
     compile: bool = False  # torch.compile the model's networks (warm-up logged apart, not in img/s)
     channels_last: bool = False  # NHWC weights and batches for convolutional models
     lr_schedule: str = "constant"  # "constant", or "linear" / "cosine" decay to 0 at the end of the budget (lr_factor)
@@ -146,6 +147,7 @@ class Trainer:
         self.rank, self.world_size, self.is_main = self.dist.rank, self.dist.world_size, self.dist.is_main
         # ``device`` (this process's, e.g. cuda:LOCAL_RANK under torchrun) overrides config.device
         self.device = resolve_device(str(device) if device is not None else config.device)
+        config.precision = resolve_precision(config.precision, self.device)
         check_train_config(config, self.device, self.world_size)
         self.context = TrainingContext(config.precision, self.device, self.dist)
         self.model.to(self.device)
@@ -419,10 +421,10 @@ class Trainer:
             self._diverged(logs, here=not finite)
         return stop, time_up, save_due
 
-    def _fit_prior(self) -> dict[str, float]:
-        """Models with a learned prior fitted to the encoded training set (``fit_prior``) refit it;
-        the seconds it takes count as training time."""
-        if not hasattr(self.model, "fit_prior"):
+    def _fit_prior(self, due: bool = True) -> dict[str, float]:
+        """Models with a learned prior fitted to the encoded training set (``fit_prior``) refit it when
+        ``due``; the seconds it takes count as training time."""
+        if not (due and hasattr(self.model, "fit_prior")):
             return {}
         t0 = time.perf_counter()
         out = self.model.fit_prior(self.dataset.train.images, self.dataset.train.labels, seed=self.config.seed)
@@ -431,7 +433,7 @@ class Trainer:
 
     def _end_of_epoch(self, last: bool) -> None:
         cfg, st = self.config, self.state
-        fit = self._fit_prior()
+        fit = self._fit_prior(last or st.epoch % getattr(self.model, "prior_fit_every", 1) == 0)
         record: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "event": "epoch_end",
                                   "images": st.images_seen, "time": round(st.train_seconds, 3)}
         record.update(fit)
