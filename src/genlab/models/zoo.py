@@ -79,7 +79,9 @@ register_preset(
     # 236.0 after the same 10 min; with KL weight 0.25: FID 6.29 but NLL 236.6 (docs/gallery.md)
     # precision "auto": emulated bf16 is ~20x slower than fp32 on CPUs without AVX-512 BF16 (a Zen 3 EPYC:
     # 210 against 4,150 img/s)
-    train={"epochs": 115, "batch_size": 128, "precision": "auto"},
+    # 115 epochs took 10 min in bf16 on the Zen 4/5 EPYCs but would take 32 min in fp32 on a Zen 3 EPYC (16.8 s
+    # an epoch with the fits): 50 epochs keep it under 15 min there (FID 8.13 after 50 epochs on the Zen 5)
+    train={"epochs": 50, "batch_size": 128, "precision": "auto"},
 )
 register_preset(
     "mlp-vae-mog", "mlp-vae",
@@ -88,8 +90,9 @@ register_preset(
     "budget; bf16 where the device has it natively, else fp32",
     model_config={"hidden": (512, 256), "z_dim": 32, "beta": 0.35, "prior": "mog", "prior_components": 100,
                   "kl_warmup_steps": 5000},
-    # 110 epochs: 13.8 min at the 8,000 img/s of a Zen 3 EPYC in fp32 (the slowest CPU measured for it)
-    train={"epochs": 110, "batch_size": 128, "precision": "auto", "lr_schedule": "linear"},
+    # 100 epochs: 14 min at the 7,170 img/s of a Zen 3 EPYC in fp32 (the slowest CPU measured for it). There,
+    # after 14 min each (100 epochs): FID 7.50 and IWAE NLL 235.4 against seed-vae's 13.06 and 236.0
+    train={"epochs": 100, "batch_size": 128, "precision": "auto", "lr_schedule": "linear"},
 )
 register_preset(
     "beta-vae", "conv-vae",
