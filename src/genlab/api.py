@@ -143,7 +143,6 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
         if value is not None:
             setattr(train_cfg, name, value)
     dist, this_device = distributed.setup(train_cfg.device)
-    train_cfg.precision = resolve_precision(train_cfg.precision, resolve_device(this_device))
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     with distributed.main_first():
         dataset = load_run_dataset(config, progress=progress and dist.is_main)

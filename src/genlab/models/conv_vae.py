@@ -130,11 +130,8 @@ class ConvVAE(FittedPriorMixin, GenerativeModel):
         return -self.nll(self.decoder_output(z, labels), x)
 
     def beta_at(self, step: int) -> float:
-        """beta after ``step`` training steps: linear warm-up from 0 over kl_warmup_steps."""
-        c = self.config
-        if c.kl_warmup_steps <= 0:
-            return c.beta
-        return c.beta * min(1.0, (step + 1) / c.kl_warmup_steps)
+        """beta after ``step`` training steps: linear warm-up from 0 over kl_warmup_steps (losses.warmed_up_beta)."""
+        return losses.warmed_up_beta(self.config.beta, self.config.kl_warmup_steps, step)
 
     def loss_terms(self, x: Tensor, labels: Tensor | None = None, noise: Tensor | None = None,
                    beta: float | None = None) -> dict[str, Tensor]:
@@ -143,10 +140,7 @@ class ConvVAE(FittedPriorMixin, GenerativeModel):
         mu, logvar = self.encode(x, labels)
         z = losses.reparameterize(mu, logvar, noise)  # z = mu + sigma * eps  (K&W 2014, eq. 10)
         recon = -self.log_px_given_z(x, z, labels)
-        if self.has_learned_prior:  # one-sample estimate of KL(q(z|x) || p(z)) under the trained mixture
-            kl = losses.log_normal(z, mu, logvar) - self.prior.log_prob(z)
-        else:
-            kl = losses.gaussian_kl(mu, logvar)  # K&W 2014, appendix B
+        kl = self.kl_to_prior(z, mu, logvar)  # K&W 2014, appendix B, for N(0, I)
         b = self.config.beta if beta is None else beta
         return {"recon": recon, "kl": kl, "neg_elbo": losses.negative_elbo(recon, kl, b)}
 

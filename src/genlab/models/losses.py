@@ -128,6 +128,16 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
     return torch.logsumexp(log_weights, dim=0) - math.log(k)
 
 
+def warmed_up_beta(beta: float, warmup_steps: int, step: int) -> float:
+    """The KL weight at training step ``step`` (0-based): ``beta``, reached linearly from 0 over the first
+    ``warmup_steps`` steps (none when <= 0). The warm-up lets the decoder learn to use the latent code
+    before the KL term prices it, which keeps more latent units active (Bowman et al. 2016; Sønderby et
+    al. 2016)."""
+    if warmup_steps <= 0:
+        return beta
+    return beta * min(1.0, (step + 1) / warmup_steps)
+
+
 def negative_elbo(recon_nll: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:
     """-ELBO = E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z))  (the seed's section 4.2; beta = 1)."""
     return recon_nll + beta * kl

@@ -243,6 +243,13 @@ class FittedPriorMixin:
         """prior="mog": a mixture trained with the model (its KL term is a one-sample estimate)."""
         return isinstance(self.prior, LearnedMixturePrior)
 
+    def kl_to_prior(self, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """The training KL term per image: KL(q(z|x) || N(0, I)) in closed form, or under a trained mixture
+        (prior="mog", no closed form) the one-sample estimate log q(z|x) - log p(z) at the posterior's own z."""
+        if self.has_learned_prior:
+            return losses.log_normal(z, mu, logvar) - self.prior.log_prob(z)
+        return losses.gaussian_kl(mu, logvar)
+
     @property
     def has_standard_normal_prior(self) -> bool:
         return self.prior is None or not self.prior.is_fitted

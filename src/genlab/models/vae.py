@@ -96,23 +96,15 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
         return -losses.bernoulli_nll(self.decode_logits(z), x)
 
     def beta_at(self, step: int) -> float:
-        """The KL weight of training step ``step`` (0-based): ``beta``, reached linearly from 0 over the first
-        ``kl_warmup_steps`` steps. The warm-up lets the decoder learn to use the latent code before the KL
-        term prices it, which keeps more latent units active (Bowman et al. 2016; Sønderby et al. 2016)."""
-        c = self.config
-        if c.kl_warmup_steps <= 0:
-            return c.beta
-        return c.beta * min(1.0, (step + 1) / c.kl_warmup_steps)
+        """The KL weight of training step ``step``: ``beta`` warmed up over ``kl_warmup_steps`` (losses.warmed_up_beta)."""
+        return losses.warmed_up_beta(self.config.beta, self.config.kl_warmup_steps, step)
 
     def loss_terms(self, x: Tensor, noise: Tensor | None = None, beta: float | None = None) -> dict[str, Tensor]:
         """Per-image reconstruction NLL, KL and negative (beta-)ELBO (one sample of z); ``beta``: the config's."""
         mu, logvar = self.encode(x)
         z = losses.reparameterize(mu, logvar, noise)
         recon = losses.bernoulli_nll(self.decode_logits(z), x)
-        if self.has_learned_prior:  # one-sample estimate of KL(q(z|x) || p(z)) under the trained mixture
-            kl = losses.log_normal(z, mu, logvar) - self.prior.log_prob(z)
-        else:
-            kl = losses.gaussian_kl(mu, logvar)
+        kl = self.kl_to_prior(z, mu, logvar)
         beta = self.config.beta if beta is None else beta
         return {"recon": recon, "kl": kl, "neg_elbo": losses.negative_elbo(recon, kl, beta)}
 
