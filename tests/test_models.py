@@ -103,3 +103,15 @@ def test_dynamic_binarization_trains_on_fresh_binary_draws():
     assert set(a.unique().tolist()) == {0.0, 1.0}
     assert abs(a.mean().item() - 0.3) < 0.05  # Bernoulli(0.3) pixels
     assert not torch.equal(a, b)  # a new draw every step
+
+
+def test_mlp_vae_decoder_can_be_sized_apart_from_the_encoder():
+    model = build_model("mlp-vae", {"hidden": (256, 128), "decoder_hidden": (64, 300), "z_dim": 8}, (1, 28, 28))
+    enc = [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    dec = [m.out_features for m in model.decoder if isinstance(m, torch.nn.Linear)]
+    assert enc == [256, 128] and dec == [64, 300, 784]
+    assert model.decoder[0].in_features == 8
+    default = build_model("mlp-vae", {"hidden": (256, 128), "z_dim": 8}, (1, 28, 28))
+    assert [m.out_features for m in default.decoder if isinstance(m, torch.nn.Linear)] == [128, 256, 784]
+    with pytest.raises(GenlabError, match="decoder_hidden"):
+        build_model("mlp-vae", {"decoder_hidden": (64, 0)}, (1, 28, 28))

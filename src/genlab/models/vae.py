@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import GenlabError
 from ..nets import ema_update, mlp
 from . import losses
 from .base import Batch, GenerativeModel, adam, as_float_images, randn
@@ -31,7 +32,8 @@ from .priors import FittedPriorMixin, check_prior
 class MLPVAEConfig:
     """Hyper-parameters of the MLP VAE. The defaults are the seed's: 784-512-256-64, Adam 1e-3."""
 
-    hidden: tuple[int, ...] = (512, 256)
+    hidden: tuple[int, ...] = (512, 256)  # the encoder's hidden widths (and the decoder's, reversed, by default)
+    decoder_hidden: tuple[int, ...] | None = None  # the decoder's own widths, from z outwards; None = reversed(hidden)
     z_dim: int = 64
     activation: str = "relu"
     lr: float = 1e-3
@@ -58,7 +60,10 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
         self.encoder = mlp([self.x_dim, *hidden], config.activation, last_act=True)
         self.mu_head = nn.Linear(hidden[-1], config.z_dim)
         self.logvar_head = nn.Linear(hidden[-1], config.z_dim)
-        self.decoder = mlp([config.z_dim, *reversed(hidden), self.x_dim], config.activation)
+        dec_hidden = list(reversed(hidden)) if config.decoder_hidden is None else list(config.decoder_hidden)
+        if not dec_hidden or any(int(w) < 1 for w in dec_hidden):
+            raise GenlabError(f"decoder_hidden must list at least one positive width; got {config.decoder_hidden}.")
+        self.decoder = mlp([config.z_dim, *dec_hidden, self.x_dim], config.activation)
         self.prior = self.make_prior(config.z_dim)
         self.averaged = None  # the EMA of the four networks, by name (ema_decay > 0)
         if config.ema_decay > 0:
