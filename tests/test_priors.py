@@ -76,6 +76,32 @@ def test_the_learned_mixture_is_the_density_torch_distributions_computes_and_sam
     assert torch.equal(s, prior.sample(20000, torch.Generator().manual_seed(0)))
 
 
+def test_the_learned_mixtures_matrix_product_form_matches_the_direct_sum_in_value_and_gradient():
+    """log_prob expands the Mahalanobis terms into matrix products; at the preset's size (100
+    components, 32 dimensions) and for codes far from the means its value and its gradients (to z and
+    to the prior's parameters) must stay those of the direct per-pair sum in float64."""
+    prior = LearnedMixturePrior(32, components=100)
+    _set_learned_mixture(prior, seed=3)
+    z = (torch.randn(256, 32, generator=torch.Generator().manual_seed(1)) * 4).requires_grad_(True)
+
+    def direct(z64, means, logvars, logits):
+        diff = z64[:, None, :] - means[None]
+        comp = -0.5 * (diff.pow(2) / logvars.exp() + logvars + math.log(2 * math.pi)).sum(-1)
+        return torch.logsumexp(comp + torch.log_softmax(logits, 0), dim=1)
+
+    params = [prior.means, prior.logvars, prior.logits]
+    fast = prior.log_prob(z)
+    g_fast = torch.autograd.grad(fast.sum(), [z, *params])
+    p64 = [q.detach().double().requires_grad_(True) for q in params]
+    z64 = z.detach().double().requires_grad_(True)
+    ref = direct(z64, *p64)
+    g_ref = torch.autograd.grad(ref.sum(), [z64, *p64])
+    assert fast.dtype == torch.float32
+    assert torch.allclose(fast.double(), ref, rtol=1e-5, atol=1e-3)
+    for a, b in zip(g_fast, g_ref):
+        assert torch.allclose(a.double(), b, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("model_name", ["mlp-vae", "conv-vae"])
 def test_a_learned_mixture_prior_is_trained_with_the_vae_through_a_one_sample_kl(tmp_path, model_name):
     from genlab import api
