@@ -1,4 +1,5 @@
 """The Gaussian-mixture prior fitted to the aggregate posterior (prior="gmm")."""
+import json
 import math
 
 import pytest
@@ -302,8 +303,8 @@ def test_the_encoder_refit_trains_only_the_encoder_on_the_true_elbo_and_leaves_e
     assert not torch.equal(m0.encoder[0].weight, m1.encoder[0].weight)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert torch.equal(m0.sample(16, generator=g()), m1.sample(16, generator=g()))
-    betas = {m["step"]: m["beta"] for m in map(__import__("json").loads,
-             (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) if "beta" in m}
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    betas = {m["step"]: m["beta"] for m in rows if "beta" in m}
     # a metrics row reports the step count after its step: row s logs the 0-based step s - 1
     assert betas and all((b == 1.0) == (s - 1 >= steps) for s, b in betas.items())
     assert m1.beta_at(steps - 1) == 0.2 and m1.beta_at(steps) == 1.0
