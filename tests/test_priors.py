@@ -322,6 +322,46 @@ def test_the_encoder_refit_trains_only_the_encoder_on_the_true_elbo_and_leaves_e
     assert all(torch.equal(t, m1.state_dict()[n]) for n, t in resumed.state_dict().items())
 
 
+def test_the_encoder_refit_as_a_fraction_of_the_budget_starts_where_the_budget_says(tmp_path):
+    """encoder_refit_fraction=f refits from the step at which the run has used 1 - f of its budget: of its
+    epochs (the same weights, bit for bit, as encoder_refit_from_step at that step), of max_steps, and of
+    a time limit (where the phase, once begun, lasts to the end)."""
+    from genlab import api
+
+    cfg = {"hidden": [64, 32], "z_dim": 4, "prior": "mog", "prior_components": 5, "beta": 0.2}
+    by_step = api.train("mlp-vae", "digits", epochs=4, out=tmp_path / "a", progress=False, seed=0, **cfg)
+    half = by_step.state.step // 2  # 4 epochs of 12 steps: the refit from step 24
+    steps = api.train("mlp-vae", "digits", epochs=4, out=tmp_path / "b", progress=False, seed=0,
+                      encoder_refit_from_step=half, **cfg)
+    frac = api.train("mlp-vae", "digits", epochs=4, out=tmp_path / "c", progress=False, seed=0,
+                     encoder_refit_fraction=0.5, **cfg)
+    m_plain, m_steps, m_frac = (api.load(r.run_dir).state_dict() for r in (by_step, steps, frac))
+    assert all(torch.equal(t, m_steps[n]) for n, t in m_frac.items())
+    assert not all(torch.equal(t, m_plain[n]) for n, t in m_frac.items())
+
+    def betas(run_dir):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(m["step"], m["beta"]) for m in rows if "beta" in m]
+
+    # max_steps ends the run: its last quarter refits, from step 15 of 20
+    capped = api.train("mlp-vae", "digits", epochs=100, max_steps=20, out=tmp_path / "d", progress=False, seed=0,
+                       encoder_refit_fraction=0.25, **cfg)
+    capped_by_step = api.train("mlp-vae", "digits", epochs=100, max_steps=20, out=tmp_path / "e", progress=False,
+                               seed=0, encoder_refit_from_step=15, **cfg)
+    m_capped, m_capped_by_step = (api.load(r.run_dir).state_dict() for r in (capped, capped_by_step))
+    assert all(torch.equal(t, m_capped_by_step[n]) for n, t in m_capped.items())
+    # a time limit ends the run: the phase starts at 60 % of it and lasts to the end (per-epoch mean KL weights:
+    # 0.2 before, 1 after, one epoch between)
+    timed = api.train("mlp-vae", "digits", epochs=10 ** 6, max_seconds=2.0, out=tmp_path / "f", progress=False,
+                      seed=0, encoder_refit_fraction=0.4, **cfg)
+    rows = [json.loads(line) for line in (timed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    beta = [round(m["beta"], 6) for m in rows if "beta" in m]  # (float32 means of 0.2)
+    assert timed.status == "max_seconds" and beta[0] == 0.2 and beta[-1] == 1.0
+    assert beta == sorted(beta) and sum(0.2 < b < 1.0 for b in beta) <= 1
+    refitting = sum(b == 1.0 for b in beta) / len(beta)
+    assert 0.2 < refitting < 0.6  # about 40 % of the (evenly timed) epochs, allowing for the clock
+
+
 def test_the_encoder_refit_refuses_a_prior_or_average_that_would_follow_the_encoder():
     with pytest.raises(GenlabError, match="prior=gmm"):
         build_model("mlp-vae", {"prior": "gmm", "encoder_refit_from_step": 5}, (1, 8, 8))
@@ -329,3 +369,8 @@ def test_the_encoder_refit_refuses_a_prior_or_average_that_would_follow_the_enco
         build_model("mlp-vae", {"ema_decay": 0.9, "encoder_refit_from_step": 5}, (1, 8, 8))
     with pytest.raises(GenlabError, match="encoder_refit_from_step"):
         build_model("mlp-vae", {"encoder_refit_from_step": -1}, (1, 8, 8))
+    with pytest.raises(GenlabError, match="prior=gmm"):
+        build_model("mlp-vae", {"prior": "gmm", "encoder_refit_fraction": 0.1}, (1, 8, 8))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(GenlabError, match="encoder_refit_fraction"):
+            build_model("mlp-vae", {"encoder_refit_fraction": bad}, (1, 8, 8))

@@ -56,6 +56,10 @@ class StepContext:
     """
 
     precision: str = "fp32"
+    # how far through its budget the run is at this step, in [0, 1]: the larger of the fraction of its steps
+    # taken and, under a time limit, of its time used (the Trainer's budget_progress, which also drives the
+    # learning-rate schedule); 0 outside the Trainer
+    budget_progress: float = 0.0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Forward passes under this run in the training precision (a no-op in fp32)."""

@@ -51,6 +51,8 @@ class MLPVAEConfig:
     ema_decay: float = 0.0  # EMA of the weights, used in eval mode (sampling, likelihoods, prior fit); 0 = off
     encoder_refit_from_step: int = 0  # from this training step on, only the encoder trains, on the true ELBO
     # (KL weight 1), decoder and prior frozen: a tighter proposal for the likelihood, the samples unchanged; 0 = off
+    encoder_refit_fraction: float = 0.0  # the same phase over the last this fraction of the training budget
+    # (steps, epochs or --max-minutes, whichever ends the run: the Trainer's budget progress); 0 = off
 
 
 class MLPVAE(FittedPriorMixin, GenerativeModel):
@@ -63,9 +65,12 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
         check_prior(config.prior, config.prior_components, config.prior_fit_images, fit_every=config.prior_fit_every)
         if config.encoder_refit_from_step < 0:
             raise GenlabError(f"encoder_refit_from_step is a training step (0 = off); got {config.encoder_refit_from_step}.")
-        if config.encoder_refit_from_step > 0 and (config.prior == "gmm" or config.ema_decay > 0):
-            raise GenlabError("encoder_refit_from_step keeps the samples as they were by freezing decoder and prior, "
-                              "but prior=gmm is refitted to the encoder's codes and ema_decay keeps averaging the "
+        if not 0.0 <= config.encoder_refit_fraction < 1.0:
+            raise GenlabError("encoder_refit_fraction is the last fraction of the training budget given to the encoder "
+                              f"refit, in [0, 1) (0 = off); got {config.encoder_refit_fraction}.")
+        if self.refits_encoder and (config.prior == "gmm" or config.ema_decay > 0):
+            raise GenlabError("encoder_refit_from_step / encoder_refit_fraction keep the samples as they were by "
+                              "freezing decoder and prior, but prior=gmm is refitted to the encoder's codes and ema_decay keeps averaging the "
                               "decoder: use it with prior=normal or prior=mog and ema_decay=0.")
         hidden = list(config.hidden)
         self.encoder = mlp([self.x_dim, *hidden], config.activation, last_act=True)
@@ -111,9 +116,18 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
         """log p(x|z) per image, in nats (Bernoulli decoder); z of shape (B, z_dim) for x of (B, C, H, W)."""
         return -losses.bernoulli_nll(self.decode_logits(z), x)
 
+    @property
+    def refits_encoder(self) -> bool:
+        """Whether training ends with the encoder refit (``encoder_refit_from_step`` or ``encoder_refit_fraction``)."""
+        return self.config.encoder_refit_from_step > 0 or self.config.encoder_refit_fraction > 0
+
     def refits_encoder_at(self, step: int) -> bool:
-        """Whether training step ``step`` is one of the encoder refit's (``encoder_refit_from_step``)."""
-        return 0 < self.config.encoder_refit_from_step <= step
+        """Whether training step ``step`` is one of the encoder refit's: from ``encoder_refit_from_step`` on, or
+        once the step context's budget progress has reached 1 - ``encoder_refit_fraction``."""
+        cfg = self.config
+        if 0 < cfg.encoder_refit_from_step <= step:
+            return True
+        return cfg.encoder_refit_fraction > 0 and self.step_context.budget_progress >= 1.0 - cfg.encoder_refit_fraction
 
     def beta_at(self, step: int) -> float:
         """The KL weight of training step ``step``: ``beta`` warmed up over ``kl_warmup_steps`` (losses.warmed_up_beta);
@@ -178,7 +192,7 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
             for name in self._NETS:
                 ema_update(self.averaged[name], getattr(self, name), decay)
         logs = {"loss": loss.detach() / n, "recon": terms["recon"].detach().mean(), "kl": terms["kl"].detach().mean()}
-        if self.config.kl_warmup_steps > 0 or self.config.encoder_refit_from_step > 0:
+        if self.config.kl_warmup_steps > 0 or self.refits_encoder:
             logs["beta"] = torch.tensor(self.beta_at(step))
         return logs
 

@@ -292,8 +292,8 @@ class Trainer:
         last_save = time.monotonic()
         warmup = bool(self.compiled)  # the first step compiles: timed apart
         scheduled = cfg.lr_schedule != "constant"
-        # training time as the schedule reads it under torchrun: the processes' mean, agreed every
-        # log_every steps, so that every process sets the same rate (one process reads its clock)
+        # training time as the budget's progress reads it under torchrun: the processes' mean, agreed every
+        # log_every steps, so that every process sets the same rate and phase (one process reads its clock)
         sched_seconds = st.train_seconds
 
         def flush() -> None:
@@ -323,10 +323,10 @@ class Trainer:
                 for batch in batches.epoch(start=st.batch_in_epoch):
                     n = batches.global_size(st.batch_in_epoch)  # images in this step, all processes
                     ctx.begin_step(batch.images.shape[0], n)
+                    seconds = sched_seconds if self.dist.active else st.train_seconds + time.perf_counter() - t0
+                    ctx.budget_progress = self.budget_progress(total, seconds)  # for models that read it
                     if scheduled:
-                        seconds = (sched_seconds if self.dist.active
-                                   else st.train_seconds + time.perf_counter() - t0)
-                        self._apply_lr_schedule(self.budget_progress(total, seconds))
+                        self._apply_lr_schedule(ctx.budget_progress)
                     if warmup:
                         logs = self._compile_warmup_step(batch)
                     else:
@@ -358,7 +358,7 @@ class Trainer:
                         st.train_seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         flush()
-                        if scheduled and cfg.max_seconds and self.dist.active:
+                        if cfg.max_seconds and self.dist.active:
                             sched_seconds = float(distributed.mean_across(
                                 torch.tensor([st.train_seconds], dtype=torch.float64, device=self.device)))
                     if save_due:
