@@ -95,6 +95,8 @@ register_preset(
     # weight of 0.25 sharpens the decoder (FID 7.35 vs 8.12 at 0.35 after 10 min, stop 12) at a cost in
     # likelihood that the encoder refit of the last 4 % of the budget takes back: the refit fits the proposal
     # of the IWAE estimate to the true ELBO without changing p(z) or p(x|z), so not a sample (docs/gallery.md)
+    # 14 min against seed-vae on a Zen 2 (stop 15), seeds 0 and 1: FID 6.27 vs 13.21 and 6.76 vs 12.28,
+    # IWAE NLL 233.9 vs 236.0 and 233.8 vs 235.8
     train={"epochs": 100, "batch_size": 128, "precision": "auto", "lr_schedule": "linear"},
 )
 register_preset(
