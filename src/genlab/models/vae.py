@@ -70,8 +70,9 @@ class MLPVAE(FittedPriorMixin, GenerativeModel):
                               f"refit, in [0, 1) (0 = off); got {config.encoder_refit_fraction}.")
         if self.refits_encoder and (config.prior == "gmm" or config.ema_decay > 0):
             raise GenlabError("encoder_refit_from_step / encoder_refit_fraction keep the samples as they were by "
-                              "freezing decoder and prior, but prior=gmm is refitted to the encoder's codes and ema_decay keeps averaging the "
-                              "decoder: use it with prior=normal or prior=mog and ema_decay=0.")
+                              "freezing decoder and prior, but prior=gmm is refitted to the encoder's codes and "
+                              "ema_decay keeps averaging the decoder: use it with prior=normal or prior=mog and "
+                              "ema_decay=0.")
         hidden = list(config.hidden)
         self.encoder = mlp([self.x_dim, *hidden], config.activation, last_act=True)
         self.mu_head = nn.Linear(hidden[-1], config.z_dim)
