@@ -359,3 +359,49 @@ def test_the_progress_strip_spans_training_from_first_to_last_epoch(tmp_path):
     shown = [int(x) for x in re.findall(r'alt="samples after epoch (\d+)', page)]
     assert len(shown) == PROGRESS_GRIDS and shown[0] == 1 and shown[-1] == 20 and shown == sorted(set(shown))
     assert "epoch 20 (partial: stopped at the budget)" in page and "epoch 1<" in page
+
+
+def test_vae_likelihoods_are_compared_image_by_image(compared, tmp_path):
+    """Two VAEs scored on the same test images: the difference of their mean NLLs, with the standard error of
+    the per-image differences, from the per-image files each evaluation writes beside its JSON."""
+    from safetensors.torch import load_file
+
+    _, res = compared
+    brief = genlab.train("seed-vae", "digits", out=tmp_path / "brief-vae", epochs=1, progress=False, device="cpu")
+    three = tmp_path / "three-vae"
+    shutil.copytree(res.folder / "runs" / "seed-vae", three)
+    out = run_compare([str(three), str(brief.run_dir)], None, None, samples=300, likelihood_k=4,
+                      out_root=tmp_path / "c", progress=False, log=quiet)
+    models = {m["name"]: m for m in out.results["models"]}
+    per = {}
+    for name, m in models.items():
+        lk = m["likelihood"]
+        assert lk["per_image_file"] == f"{name}.likelihood.safetensors"
+        t = load_file(str(Path(m["eval_file"]).parent / lk["per_image_file"]))
+        assert set(t) == {"nll_iwae", "neg_elbo"} and t["nll_iwae"].shape == (lk["n_images"],)
+        assert float(t["nll_iwae"].mean()) == pytest.approx(lk["nll_iwae"], rel=1e-12)
+        assert float(t["neg_elbo"].mean()) == pytest.approx(lk["neg_elbo"], rel=1e-12)
+        per[name] = t["nll_iwae"]
+    # three epochs beat one: the paired entry names the better model first, and its numbers are the per-image ones
+    [pair] = out.results["paired_likelihood"]
+    assert (pair["better"], pair["other"], pair["measure"]) == ("three-vae", "brief-vae", "nll_iwae")
+    d = per["brief-vae"] - per["three-vae"]
+    assert pair["difference"] == pytest.approx(float(d.mean()), rel=1e-12) and pair["difference"] > 0
+    assert pair["stderr"] == pytest.approx(float(d.std() / math.sqrt(d.numel())), rel=1e-12)
+    assert pair["fraction_of_images_better"] == pytest.approx(float((d > 0).double().mean()))
+    # hard digits are hard for both models, so pairing is surer than the two means' own errors combined
+    unpaired = math.hypot(*(m["likelihood"]["nll_iwae_stderr"] for m in models.values()))
+    assert pair["stderr"] < unpaired
+    assert any(s.startswith("Paired on the same ") and "three-vae's IWAE NLL is" in s for s in out.results["summary"])
+
+
+def test_an_old_vae_evaluation_without_per_image_likelihoods_is_redone(compared, tmp_path):
+    _, res = compared
+    root = tmp_path / "compare"
+    shutil.copytree(res.folder, root / res.folder.name)
+    own = root / res.folder.name / "runs" / "seed-vae"
+    (own / "eval.likelihood.safetensors").unlink()
+    log = []
+    run_compare(["seed-vae", "seed-gan"], "digits", "3ep", samples=300, out_root=root, progress=False, log=log.append)
+    assert any("seed-vae: evaluating" in x for x in log) and any("seed-gan: evaluation reused" in x for x in log)
+    assert (own / "eval.likelihood.safetensors").is_file()

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Score samples in the feature space of a small CNN classifier trained on the dataset\n"
         "itself (the evaluator; trained and cached on first use), not Inception: numbers compare\n"
         "only between results with the same evaluator fingerprint, which every result records.\n"
-        "Writes RUN/eval.json."),
+        "Writes RUN/eval.json (for a VAE also RUN/eval.likelihood.safetensors: each test image's\n"
+        "NLL, for paired comparisons)."),
         epilog="examples:\n  genlab eval runs/seed-vae-fashion-mnist\n"
                "  genlab eval runs/seed-vae-fashion-mnist --likelihood-k 5000 --binarize\n"
                "  genlab eval --samples samples.npz --data fashion-mnist\n"

@@ -194,9 +194,23 @@ def _speed_sentences(models: list[dict[str, Any]], budget: dict[str, Any] | None
     return []
 
 
+def _paired_sentences(pairs: list[dict[str, Any]] | None) -> list[str]:
+    out = []
+    for p in pairs or []:
+        what = "IWAE NLL" if p["measure"] == "nll_iwae" else "negative ELBO"
+        d, se = p["difference"], p["stderr"]
+        sure = ("well beyond the error" if d > 3 * se else "beyond the error" if d > 2 * se else
+                "within the error: the two are not told apart on these images")
+        out.append(f"Paired on the same {p['n_images']:,} test images, {p['better']}'s {what} is {d:.2f} ± {se:.2f} "
+                   f"nats/image below {p['other']}'s ({sure}; lower on {100 * p['fraction_of_images_better']:.0f}% "
+                   "of the images).")
+    return out
+
+
 def summarize(models: list[dict[str, Any]], budget: dict[str, Any] | None = None,
-              class_names: list[str] | None = None) -> list[str]:
-    """Sentences on what differs between the evaluated ``models`` (results.json entries)."""
+              class_names: list[str] | None = None, paired: list[dict[str, Any]] | None = None) -> list[str]:
+    """Sentences on what differs between the evaluated ``models`` (results.json entries); ``paired``: the
+    per-image likelihood differences of ``paired_likelihoods``."""
     if not models:
         return []
     if len(models) == 1:
@@ -206,4 +220,5 @@ def summarize(models: list[dict[str, Any]], budget: dict[str, Any] | None = None
                 f"{mm['coverage']:.2f}; nothing to compare it with.")] + _class_sentences(models, class_names) \
             + _memorisation_sentences(models)
     return (_fid_sentences(models) + _contrast_sentences(models) + _class_sentences(models, class_names)
-            + _memorisation_sentences(models) + _likelihood_sentences(models) + _speed_sentences(models, budget))
+            + _memorisation_sentences(models) + _likelihood_sentences(models) + _paired_sentences(paired)
+            + _speed_sentences(models, budget))

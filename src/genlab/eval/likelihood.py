@@ -57,7 +57,7 @@ def _is_binary(images: Tensor) -> bool:
 @torch.no_grad()
 def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False, seed: int = 0,
                    batch_images: int = 500, max_rows: int = 32_768, progress: bool = False,
-                   labels: Tensor | None = None) -> dict[str, Any]:
+                   labels: Tensor | None = None, per_image: dict[str, Tensor] | None = None) -> dict[str, Any]:
     """Test-set ELBO and IWAE NLL estimate (nats/image) of a VAE (``labels`` for conditional ones).
 
     ``images``: uint8 (N, C, H, W) (or float in [0, 1]). ``k``: importance samples per image
@@ -66,6 +66,10 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
     samples) - KL(q || p) (closed form for the standard-normal prior; for a learned prior, e.g. the
     fitted mixture of ``prior="gmm"``, the mean of log w over the k samples). log p(z) is the
     model's own ``log_prior``: the NLL is that of the prior genlab samples from.
+
+    ``per_image``: a dict to fill with the per-image values (float64, (N,), in test-set order):
+    ``neg_elbo`` always, ``nll_iwae`` when k > 1 - what a paired comparison of two models on the same
+    images needs (``genlab compare`` reports the difference with its paired standard error).
     """
     if not (hasattr(model, "encode") and hasattr(model, "log_px_given_z")):
         raise GenlabError(f"{type(model).__name__} has no encode/log_px_given_z; likelihoods are for VAEs only.")
@@ -113,6 +117,10 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
             bar.update(b)
     if bar is not None:
         bar.close()
+    if per_image is not None:
+        per_image["neg_elbo"] = -elbo
+        if k > 1:
+            per_image["nll_iwae"] = nll
     decoder = getattr(getattr(model, "config", None), "likelihood", "bernoulli")
     if decoder == "logistic":  # a distribution over the 256 levels of 8-bit pixels: bits/dim are meaningful
         kind, binary = "discretized logistic over 256 levels (normalised, 8-bit data)", True

@@ -8,13 +8,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save as save_tensors
 
 from ..errors import GenlabError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json
 from .evaluator import get_evaluator
 from .metrics import evaluate_images
 
 EVAL_FORMAT = "genlab-eval-1"
+PER_IMAGE_FILE = "eval.likelihood.safetensors"  # beside RUN/eval.json: a VAE's likelihood of each test image
 
 
 @torch.no_grad()
@@ -29,10 +31,15 @@ def sample_model(model, n: int, seed: int = 0, batch_size: int = 1000) -> torch.
 
 def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = "test", seed: int = 0,
                  likelihood_k: int | None = None, binarize: bool = False, progress: bool = True,
-                 cache_dir: str | Path | None = None, write: bool = True) -> dict[str, Any]:
+                 cache_dir: str | Path | None = None, write: bool = True,
+                 per_image_path: str | Path | None = None) -> dict[str, Any]:
     """Sample ``n_samples`` images from a run's model, score them against the dataset's ``reference`` split
     in the evaluator's feature space, add VAE likelihoods (ELBO always; IWAE NLL when ``likelihood_k``
-    is given), write ``RUN/eval.json`` atomically and return the result."""
+    is given), write ``RUN/eval.json`` atomically and return the result.
+
+    A VAE's per-image likelihoods go to ``per_image_path`` (safetensors; by default, when ``write``,
+    ``RUN/eval.likelihood.safetensors``), named in the result's ``likelihood.per_image_file`` relative to
+    the folder of the JSON beside it; written before the JSON, so a JSON that names it finds it."""
     from .. import load
     from ..training.run import load_run_dataset
     from .likelihood import vae_likelihood
@@ -49,8 +56,17 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = 
     result = evaluate_images(samples, dataset, evaluator, reference=reference, seed=seed)
     t2 = time.perf_counter()
     if hasattr(model, "encode") and hasattr(model, "log_px_given_z"):
+        per_image: dict[str, torch.Tensor] = {}
         result["likelihood"] = vae_likelihood(model, dataset.test.images, k=likelihood_k or 1, binarize=binarize,
-                                              seed=seed, progress=progress, labels=dataset.test.labels)
+                                              seed=seed, progress=progress, labels=dataset.test.labels,
+                                              per_image=per_image)
+        if per_image_path is None and write:
+            per_image_path = run_dir / PER_IMAGE_FILE
+        if per_image_path is not None:
+            per_image_path = Path(per_image_path)
+            atomic_write_bytes(per_image_path, save_tensors({k: v.contiguous() for k, v in per_image.items()},
+                                                            metadata={"units": "nats/image", "order": "test split"}))
+            result["likelihood"]["per_image_file"] = per_image_path.name
     t3 = time.perf_counter()
     result["run"] = {"run_dir": str(run_dir), "model": model.run_config.get("model"),
                      "name": model.run_config.get("name"), "data": model.run_config["data"].get("spec")}
