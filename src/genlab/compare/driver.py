@@ -219,8 +219,24 @@ def _usable(ev: dict[str, Any] | None, evaluator_id: tuple[str, str], samples: i
                                                          and lk.get("nll_iwae") is not None):
         return False
     if family_vae and path is not None:
-        return bool(lk) and lk.get("per_image_file") == per_image_path(path).name and per_image_path(path).is_file()
+        return bool(lk) and lk.get("per_image_file") == per_image_path(path).name and \
+            _per_image(per_image_path(path), lk.get("n_images")) is not None
     return True
+
+
+def _per_image(path: Path, n_images: int | None) -> dict[str, Any] | None:
+    """The per-image likelihoods in ``path``, or None when the file is missing, unreadable (a torn or
+    foreign file: the evaluation is then redone and the file rewritten) or of another length."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, ValueError, RuntimeError, SafetensorError):
+        return None
+    if "neg_elbo" not in tensors or any(t.dim() != 1 or t.numel() != n_images for t in tensors.values()):
+        return None
+    return tensors
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -260,20 +276,14 @@ def paired_likelihoods(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     same images, the difference of two models is far surer than those two errors suggest: the paired
     standard error is that of the mean of the per-image differences. Reads the per-image files the
     evaluations wrote; a model whose file is missing or of another length is left out."""
-    from safetensors.torch import load_file
-
     values: dict[str, Any] = {}
     for m in entries:
         lk = m.get("likelihood")
         if not lk or not lk.get("per_image_file"):
             continue
         key = "nll_iwae" if lk.get("nll_iwae") is not None else "neg_elbo"
-        path = Path(m["eval_file"]).parent / lk["per_image_file"]
-        try:
-            tensors = load_file(str(path))
-        except (OSError, ValueError, RuntimeError):
-            continue
-        if key in tensors:
+        tensors = _per_image(Path(m["eval_file"]).parent / lk["per_image_file"], lk.get("n_images"))
+        if tensors is not None and key in tensors:
             values[m["name"]] = (key, tensors[key].double())
     names = sorted(values, key=lambda n: float(values[n][1].mean()))
     if len(names) < 2:
