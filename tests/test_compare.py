@@ -396,12 +396,12 @@ def test_vae_likelihoods_are_compared_image_by_image(compared, tmp_path):
 
 
 def test_an_old_vae_evaluation_without_per_image_likelihoods_is_redone(compared, tmp_path):
+    from safetensors.torch import load_file
+
     _, res = compared
     root = tmp_path / "compare"
     shutil.copytree(res.folder, root / res.folder.name)
     own = root / res.folder.name / "runs" / "seed-vae"
-    from safetensors.torch import load_file
-
     file = own / "eval.likelihood.safetensors"
     good = file.read_bytes()
     good_values = load_file(str(file))

@@ -196,11 +196,6 @@ def _train_preset(spec: ModelSpec, data: tuple[str, int | None, int | None], dat
 # ----------------------------------------------------------------------------- evaluation
 
 
-def per_image_path(eval_path: Path) -> Path:
-    """Where the per-image likelihoods of the evaluation in ``eval_path`` live: beside it, same stem."""
-    return eval_path.with_suffix(".likelihood.safetensors")
-
-
 def _usable(ev: dict[str, Any] | None, evaluator_id: tuple[str, str], samples: int, seed: int,
             likelihood_k: int | None, family_vae: bool, path: Path | None = None) -> bool:
     """Whether an existing evaluation was made exactly the way this comparison evaluates: with the same
@@ -219,8 +214,10 @@ def _usable(ev: dict[str, Any] | None, evaluator_id: tuple[str, str], samples: i
                                                          and lk.get("nll_iwae") is not None):
         return False
     if family_vae and path is not None:
-        return bool(lk) and lk.get("per_image_file") == per_image_path(path).name and \
-            _per_image(per_image_path(path), lk.get("n_images")) is not None
+        from ..eval.report import likelihood_file_for
+
+        file = likelihood_file_for(path)
+        return bool(lk) and lk.get("per_image_file") == file.name and _per_image(file, lk.get("n_images")) is not None
     return True
 
 
@@ -250,7 +247,7 @@ def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samp
               likelihood_k: int | None, has_encoder: bool, progress: bool, log: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
     """The evaluation of one model: reused when usable, else computed. Runs trained by the comparison keep
     it in their eval.json; reused run folders are never written into (it goes to evals/<tag>.json)."""
-    from ..eval.report import evaluate_run
+    from ..eval.report import evaluate_run, likelihood_file_for
 
     own = spec.source == "preset"
     target = spec.run_dir / "eval.json" if own else folder / "evals" / f"{spec.tag}.json"
@@ -262,7 +259,7 @@ def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samp
             return ev, path
     log(f"== {spec.tag}: evaluating ({samples} samples{'' if likelihood_k is None else f', IWAE k={likelihood_k}'})")
     ev = evaluate_run(spec.run_dir, n_samples=samples, seed=seed, likelihood_k=likelihood_k, progress=progress,
-                      write=own, per_image_path=per_image_path(target))
+                      write=own, per_image_path=likelihood_file_for(target))
     if not own:
         atomic_write_json(target, ev)
     return ev, target

@@ -16,7 +16,12 @@ from .evaluator import get_evaluator
 from .metrics import evaluate_images
 
 EVAL_FORMAT = "genlab-eval-1"
-PER_IMAGE_FILE = "eval.likelihood.safetensors"  # beside RUN/eval.json: a VAE's likelihood of each test image
+
+
+def likelihood_file_for(eval_path: str | Path) -> Path:
+    """Where the per-image likelihoods of the evaluation in ``eval_path`` live: beside it, same stem
+    (``RUN/eval.json`` -> ``RUN/eval.likelihood.safetensors``)."""
+    return Path(eval_path).with_suffix(".likelihood.safetensors")
 
 
 @torch.no_grad()
@@ -61,7 +66,7 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = 
                                               seed=seed, progress=progress, labels=dataset.test.labels,
                                               per_image=per_image)
         if per_image_path is None and write:
-            per_image_path = run_dir / PER_IMAGE_FILE
+            per_image_path = likelihood_file_for(run_dir / "eval.json")
         if per_image_path is not None:
             per_image_path = Path(per_image_path)
             atomic_write_bytes(per_image_path, save_tensors({k: v.contiguous() for k, v in per_image.items()},
