@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data.batches import BatchIterator
 from ..errors import GenlabError, RunError
-from ..fileio import atomic_write_bytes
+from ..fileio import append_line, atomic_write_bytes, read_jsonl
 from ..models.base import GenerativeModel
 from ..viz.grid import save_grid
 from . import checkpoint as ckpt
@@ -202,16 +202,16 @@ class Trainer:
         """Drop log lines written after the checkpoint: those steps are about to be trained again."""
         if not (self.is_main and self.metrics_path.exists()):
             return
-        lines = self.metrics_path.read_text().splitlines()
-        keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        if len(keep) != len(lines):
-            atomic_write_bytes(self.metrics_path, "".join(ln + "\n" for ln in keep).encode())
+        lines = self.metrics_path.read_bytes().split(b"\n")
+        records = read_jsonl(self.metrics_path)  # a torn or garbled line is dropped here too
+        keep = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step]
+        if len(keep) != sum(1 for ln in lines if ln.strip()):
+            atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
     # -- logging ----------------------------------------------------------------------------
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.is_main:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.metrics_path, json.dumps(record))
 
     def _say(self, msg: str) -> None:
         """A line for the user (epoch summaries, stop notices); the bar alone follows ``progress``."""

@@ -5,9 +5,10 @@ matplotlib is imported inside the functions that draw, so ``import genlab`` and 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
+
+from ..fileio import read_jsonl
 
 # Fields of a metrics.jsonl line that are bookkeeping, not curves.
 _NOT_CURVES = {"step", "epoch", "images", "time", "img_per_s", "event", "samples"}
@@ -18,12 +19,7 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[s
     """(step lines, epoch_end lines) of RUN/metrics.jsonl; empty lists when there is no log."""
     path = Path(run_dir) / "metrics.jsonl"
     steps, epochs = [], []
-    if not path.is_file():
-        return steps, epochs
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for rec in read_jsonl(path):  # a torn last line (a kill, a full disk) is skipped
         if "event" not in rec:
             steps.append(rec)
         elif rec["event"] == "epoch_end":
