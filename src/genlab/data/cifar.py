@@ -149,6 +149,8 @@ def _read_archive(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 _check_size(member.size, where, fix)  # before reading a member of the wrong size
                 data = tar.extractfile(member).read()
                 batches[name] = parse_batch(data, where, fix)
+            while tar.fileobj.read(1 << 20):  # to the end of the gzip stream, where its CRC is checked
+                pass
     except DataError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, UnicodeError) as e:

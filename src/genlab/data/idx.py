@@ -185,7 +185,11 @@ def _read(s: _Stream, path: Path) -> np.ndarray:
         actual = os.fstat(s.f.fileno()).st_size - header
         if actual != declared:
             _wrong_length(path, shape, dtype, declared, actual, f"the file has {actual}")
-    arr = np.empty(count, dtype=dtype)
+    try:  # pages are committed as they are written, so a truncated file costs only what it holds
+        arr = np.empty(count, dtype=dtype)
+    except MemoryError:
+        raise DataError(f"{path} declares {shape} values of {dtype.itemsize} byte(s) ({declared} bytes), more "
+                        f"memory than this process may allocate. {_FIX}") from None
     buf = memoryview(arr.view(np.uint8)) if count else memoryview(bytearray(0))
     actual = s.readinto(buf)
     if actual < declared:

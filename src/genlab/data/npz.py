@@ -83,7 +83,11 @@ class _Npz:
                                     f"({declared} bytes) but the member holds {max(room, 0)} bytes of data. {_SAVE}")
                 guard.check_memory(copies * declared, f"{where} (shape {shape}, {dtype})",
                                    "Check that it is the right file, or load a part of the data.")
-                arr = np.empty(count, dtype=dtype)
+                try:
+                    arr = np.empty(count, dtype=dtype)
+                except MemoryError:
+                    raise DataError(f"{where} (shape {shape}, {dtype}) needs more memory than this process may "
+                                    "allocate.") from None
                 buf, got = memoryview(arr.view(np.uint8)) if count and dtype.itemsize else memoryview(b""), 0
                 while got < len(buf):
                     k = m.readinto(buf[got:got + (1 << 20)])
