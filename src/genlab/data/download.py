@@ -3,8 +3,9 @@
 Downloads go to a temporary file next to the destination and are moved into place with
 ``os.replace`` only after their size, SHA-256 and MD5 match, so a failed or partial download never
 leaves a file that looks complete. The known size bounds every transfer: a server that announces or
-sends more is cut off at once, so a wrong mirror cannot fill the disk. Only downloads are checksummed: files found locally (e.g. Debian's
-recompressed ``.gz`` files) are validated structurally by :mod:`genlab.data.idx` instead.
+sends more is cut off at once, so a wrong mirror cannot fill the disk. Only downloads are
+checksummed: files found locally (e.g. Debian's recompressed ``.gz`` files) are validated
+structurally by :mod:`genlab.data.idx` instead.
 """
 
 from __future__ import annotations
