@@ -215,14 +215,15 @@ def test_corrupt_archive(tmp_path, damage):
 def test_download_verifies_and_keeps_archive(server, monkeypatch, isolated):
     root, url = server
     expected = write_archive(root / "c10" / cifar.ARCHIVE, seed=4)
-    md5 = hashlib.md5((root / "c10" / cifar.ARCHIVE).read_bytes()).hexdigest()
-    monkeypatch.setitem(dl.MD5, "cifar10", {cifar.ARCHIVE: md5})
+    data = (root / "c10" / cifar.ARCHIVE).read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    monkeypatch.setitem(dl.KNOWN, "cifar10", {cifar.ARCHIVE: dl.Known(len(data), sha, hashlib.md5(data).hexdigest())})
     monkeypatch.setenv("GENLAB_CIFAR10_MIRROR", f"{url}nothing-here/, {url}c10")  # a 404 first; no trailing slash
     ds = load_dataset("cifar10", progress=False)
     assert_same(ds, expected)
     cached = isolated / "cifar10"
     assert [p.name for p in cached.iterdir()] == [cifar.ARCHIVE]  # kept as it is, no temp files
-    assert dl.md5_of(cached / cifar.ARCHIVE) == md5
+    assert dl.sha256_of(cached / cifar.ARCHIVE) == sha
     assert ds.origin.startswith(str(cached / cifar.ARCHIVE)) and f"downloaded from {url}c10/" in ds.origin
     monkeypatch.setenv("GENLAB_CIFAR10_MIRROR", dl.MIRRORS["cifar10"][0])  # a closed port: now read from the cache
     assert_same(load_dataset("cifar10", download=False), expected)
@@ -231,9 +232,10 @@ def test_download_verifies_and_keeps_archive(server, monkeypatch, isolated):
 def test_download_checksum_mismatch_keeps_nothing(server, monkeypatch, isolated):
     root, url = server
     write_archive(root / cifar.ARCHIVE)
-    actual = hashlib.md5((root / cifar.ARCHIVE).read_bytes()).hexdigest()
-    bad = "0123456789abcdef0123456789abcdef"
-    monkeypatch.setitem(dl.MD5, "cifar10", {cifar.ARCHIVE: bad})
+    data = (root / cifar.ARCHIVE).read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    bad = "0123456789abcdef" * 4
+    monkeypatch.setitem(dl.KNOWN, "cifar10", {cifar.ARCHIVE: dl.Known(len(data), bad, hashlib.md5(data).hexdigest())})
     monkeypatch.setitem(dl.MIRRORS, "cifar10", [url])
     with pytest.raises(DataError) as e:
         load_dataset("cifar10", progress=False)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
+import http.server
 import socket
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -218,9 +219,10 @@ def test_idx_round_trip_raw_and_gz(tmp_path):
 ])
 def test_idx_errors_name_the_file(tmp_path, case, pattern):
     good = idx_bytes(np.zeros((3, 4, 4), np.uint8))
-    gz = gzip.compress(good + os.urandom(2000), compresslevel=1)
+    noise = np.random.default_rng(0).integers(0, 256, (50, 40), dtype=np.uint8)  # long enough to cut or damage
+    gz = gzip.compress(idx_bytes(noise), compresslevel=1)
     corrupt = bytearray(gz)
-    corrupt[20:40] = b"\xff" * 20
+    corrupt[len(gz) // 2:len(gz) // 2 + 20] = b"\xff" * 20  # past the header
     content = {
         "truncated": good[:-8], "too_long": good + b"\0\0", "magic": b"\x12\x34" + good[2:],
         "dtype": good[:2] + b"\x0a" + good[3:], "gzip_corrupt": bytes(corrupt),
@@ -279,21 +281,25 @@ def test_missing_dataset_lists_every_folder_searched(tmp_path, monkeypatch, isol
 
 def serve_set(root: Path, name: str, monkeypatch, seed=4):
     arrays = make_idx_set(root / name, seed=seed)
-    md5s = {s + ".gz": hashlib.md5((root / name / (s + ".gz")).read_bytes()).hexdigest() for s in STEMS}
-    monkeypatch.setitem(dl.MD5, name, md5s)
-    return arrays, md5s
+    known = {s + ".gz": known_of((root / name / (s + ".gz")).read_bytes()) for s in STEMS}
+    monkeypatch.setitem(dl.KNOWN, name, known)
+    return arrays, known
+
+
+def known_of(data: bytes) -> dl.Known:
+    return dl.Known(len(data), hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest())
 
 
 def test_download_verifies_and_caches(server, monkeypatch, isolated):
     root, url = server
-    arrays, md5s = serve_set(root, "mnist", monkeypatch)
+    arrays, known = serve_set(root, "mnist", monkeypatch)
     # first mirror has no files (HTTP 404), the second one serves them; no trailing slash on purpose
     monkeypatch.setitem(dl.MIRRORS, "mnist", [url + "nothing-here/", url + "mnist"])
     ds = load_dataset("mnist", progress=True)
     assert_same(ds, arrays)
     cached = isolated / "mnist"
-    assert sorted(p.name for p in cached.iterdir()) == sorted(md5s)  # four .gz files, no temp files
-    assert all(dl.md5_of(cached / f) == m for f, m in md5s.items())
+    assert sorted(p.name for p in cached.iterdir()) == sorted(known)  # four .gz files, no temp files
+    assert all(dl.sha256_of(cached / f) == k.sha256 and dl.md5_of(cached / f) == k.md5 for f, k in known.items())
     assert "downloaded from " + url + "mnist/" in ds.origin and str(cached) in ds.origin
     monkeypatch.setitem(dl.MIRRORS, "mnist", [closed_port_url()])  # now served from the cache
     assert_same(load_dataset("mnist", download=False), arrays)
@@ -303,27 +309,93 @@ def test_download_mirror_from_environment(server, monkeypatch, isolated):
     root, url = server
     monkeypatch.setitem(mn.SYSTEM_DIRS, "fashion-mnist", [])  # ignore the Debian copy here
     arrays, _ = serve_set(root, "fm", monkeypatch, seed=5)
-    monkeypatch.setitem(dl.MD5, "fashion-mnist", dl.MD5.pop("fm"))
+    monkeypatch.setitem(dl.KNOWN, "fashion-mnist", dl.KNOWN.pop("fm"))
     monkeypatch.setenv("GENLAB_FASHION_MNIST_MIRROR", url + "fm/")
     ds = load_dataset("fashion-mnist", progress=False)
     assert_same(ds, arrays)
     assert (isolated / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").is_file()
 
 
-def test_download_checksum_mismatch_keeps_nothing(server, monkeypatch, isolated):
+@pytest.mark.parametrize("digest", ["sha256", "md5"])
+def test_download_checksum_mismatch_keeps_nothing(server, monkeypatch, isolated, digest):
     root, url = server
-    _, md5s = serve_set(root, "mnist", monkeypatch)
-    bad = "0123456789abcdef0123456789abcdef"
-    monkeypatch.setitem(dl.MD5["mnist"], "train-labels-idx1-ubyte.gz", bad)
+    _, known = serve_set(root, "mnist", monkeypatch)
+    file = "train-labels-idx1-ubyte.gz"
+    good = getattr(known[file], digest)
+    bad = "0123456789abcdef" * (len(good) // 16)
+    monkeypatch.setitem(dl.KNOWN["mnist"], file, known[file]._replace(**{digest: bad}))
     monkeypatch.setitem(dl.MIRRORS, "mnist", [url + "mnist/"])
     with pytest.raises(DataError) as e:
         load_dataset("mnist", progress=False)
     msg = str(e.value)
-    assert f"{url}mnist/train-labels-idx1-ubyte.gz" in msg
-    assert bad in msg and md5s["train-labels-idx1-ubyte.gz"] in msg
+    assert f"{url}mnist/{file}" in msg and {"sha256": "SHA-256", "md5": "MD5"}[digest] in msg
+    assert bad in msg and good in msg
     assert "not found" in msg and str(isolated / "mnist") in msg
     left = sorted(p.name for p in (isolated / "mnist").iterdir())
     assert left == ["train-images-idx3-ubyte.gz"]  # verified before the failure; no partial or temp file
+
+
+def test_download_refuses_an_announced_size_over_the_known_one(server, monkeypatch, isolated):
+    root, url = server
+    _, known = serve_set(root, "mnist", monkeypatch)
+    file = "t10k-images-idx3-ubyte.gz"
+    (root / "mnist" / file).write_bytes((root / "mnist" / file).read_bytes() + bytes(1 << 20))  # 1 MB too long
+    monkeypatch.setitem(dl.MIRRORS, "mnist", [url + "mnist/"])
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", progress=False)
+    msg = str(e.value)
+    assert f"{url}mnist/{file} is announced as {known[file].size + (1 << 20)} bytes" in msg
+    assert f"{file} is {known[file].size} bytes" in msg
+    assert not any(p.name.startswith(f".{file}") for p in (isolated / "mnist").iterdir())  # no temp file left
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """Serves an endless stream of zeros with no Content-Length (a broken or hostile mirror)."""
+
+    sent = 0
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        block = bytes(1 << 16)
+        try:
+            while _Endless.sent < (64 << 20):  # the test fails if genlab reads this far
+                self.wfile.write(block)
+                _Endless.sent += len(block)
+        except OSError:  # genlab hung up: what is wanted
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_stops_at_the_known_size(monkeypatch, isolated):
+    _Endless.sent = 0
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        size = 100_000
+        monkeypatch.setitem(dl.KNOWN, "mnist", {s + ".gz": dl.Known(size, "0" * 64, "0" * 32) for s in STEMS})
+        monkeypatch.setitem(dl.MIRRORS, "mnist", [f"http://127.0.0.1:{httpd.server_address[1]}/"])
+        with pytest.raises(DataError) as e:
+            load_dataset("mnist", progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    msg = str(e.value)
+    assert f"sent more than the {size} bytes of train-images-idx3-ubyte.gz" in msg and "stopped" in msg
+    assert _Endless.sent < (64 << 20)  # the server was cut off long before it could fill anything
+    assert not (isolated / "mnist").exists()  # nothing kept, not even the temporary file
+
+
+def test_known_files_table():
+    assert set(dl.KNOWN) == set(dl.MIRRORS) == set(dl.MIRROR_ENV)
+    for name in ("mnist", "fashion-mnist"):
+        assert sorted(dl.KNOWN[name]) == sorted(s + ".gz" for s in STEMS)
+    for files in dl.KNOWN.values():
+        for k in files.values():
+            assert k.size > 0 and len(k.sha256) == 64 and len(k.md5) == 32
+            assert int(k.sha256, 16) >= 0 and int(k.md5, 16) >= 0 and k.sha256 == k.sha256.lower()
 
 
 def test_download_unreachable_mirror(monkeypatch, isolated):

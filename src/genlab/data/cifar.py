@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from genlab.data import download as _dl
+from genlab.data import guard as _guard
 from genlab.errors import DataError
 
 NAME = "cifar10"
@@ -126,8 +127,9 @@ def _read_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for name in FILES:
         path = folder / name
         try:
-            _check_size(path.stat().st_size, str(path), fix)  # before reading a file of the wrong size
-            data = path.read_bytes()
+            with _guard.open_regular(path, "CIFAR-10 batch file") as f:  # never a FIFO or device
+                _check_size(os.fstat(f.fileno()).st_size, str(path), fix)  # before reading a file of the wrong size
+                data = f.read()
         except OSError as e:
             raise DataError(f"cannot read {path} ({e.strerror or e}); check the file and its permissions.") from None
         batches[name] = parse_batch(data, str(path), fix)
@@ -138,7 +140,7 @@ def _read_archive(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     fix = f"delete {archive} so that genlab downloads it again, or replace it with a fresh copy."
     batches = {}
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with _guard.open_regular(archive, "CIFAR-10 archive") as f, tarfile.open(fileobj=f, mode="r:gz") as tar:
             for member in tar:  # one forward pass through the compressed stream
                 name = PurePosixPath(member.name).name
                 if name not in FILES or name in batches or not member.isfile():
@@ -147,7 +149,11 @@ def _read_archive(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 _check_size(member.size, where, fix)  # before reading a member of the wrong size
                 data = tar.extractfile(member).read()
                 batches[name] = parse_batch(data, where, fix)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            while tar.fileobj.read(1 << 20):  # to the end of the gzip stream, where its CRC is checked
+                pass
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, UnicodeError) as e:
         raise DataError(f"{archive} is truncated or corrupt ({str(e) or type(e).__name__}); {fix}") from None
     except OSError as e:
         raise DataError(f"cannot read {archive} ({e.strerror or e}); check the file and its permissions.") from None

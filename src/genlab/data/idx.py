@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genlab.data import guard
 from genlab.errors import DataError
 
 #: IDX type code -> numpy dtype (as stored: big-endian).
@@ -31,81 +32,173 @@ _CODES = {dt.newbyteorder("="): code for code, dt in DTYPES.items()}
 _FIX = "Delete it and download it again (or reinstall the package that provided it)."
 
 
-def _gunzip(data: bytes | bytearray, path: Path) -> bytes:
-    """Decompress every gzip member of ``data``, with errors that name ``path``."""
-    parts, rest = [], data
-    while True:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            parts.append(d.decompress(rest))
-            parts.append(d.flush())
-        except zlib.error as e:
-            raise DataError(f"{path} is a corrupt gzip file ({e}). {_FIX}") from None
-        if not d.eof:
-            raise DataError(f"{path} is a truncated gzip file: the compressed stream ends early. {_FIX}")
-        rest = d.unused_data
-        if not rest.strip(b"\x00"):  # gzip allows zero padding after the last member
-            return b"".join(parts)
-        if rest[:2] != b"\x1f\x8b":
-            raise DataError(f"{path} is a corrupt gzip file: {len(rest)} bytes of garbage follow "
-                            f"the compressed data. {_FIX}")
+#: The most dimensions an IDX file may declare (numpy's own limit; genlab uses 1 and 3).
+MAX_DIMS = 64
+_CHUNK = 1 << 20  # bytes read or inflated per step
 
 
-def _read_bytes(path: Path) -> bytes | bytearray:
+class _Stream:
+    """The decompressed bytes of an IDX file, read in bounded steps.
+
+    Raw files are read as they are; gzip files (every member, then optional zero padding) are
+    inflated on demand, never more than asked for, so a header can be checked before the data
+    it declares is inflated.
+    """
+
+    def __init__(self, f, path: Path):
+        self.f, self.path = f, path
+        self.pending = f.read(2)
+        self.gz = self.pending == b"\x1f\x8b"
+        self.d = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gz else None
+        self.ended = False  # every gzip member is finished (only zero padding, if anything, follows)
+
+    def _compressed(self) -> bytes:
+        data, self.pending = self.pending or self.f.read(_CHUNK), b""
+        return data
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end of the data)."""
+        if not self.gz:
+            head, self.pending = self.pending[:n], self.pending[n:]
+            return head + (self.f.read(n - len(head)) if n > len(head) else b"")
+        out = []
+        while n > 0 and not self.ended:
+            if self.d.eof:
+                self._next_member()
+                continue
+            src = self.d.unconsumed_tail or self._compressed()
+            if not src:
+                raise DataError(f"{self.path} is a truncated gzip file: the compressed stream ends early. {_FIX}")
+            try:
+                part = self.d.decompress(src, n)
+            except zlib.error as e:
+                raise DataError(f"{self.path} is a corrupt gzip file ({e}). {_FIX}") from None
+            out.append(part)
+            n -= len(part)
+        return b"".join(out)
+
+    def _next_member(self) -> None:
+        rest = self.d.unused_data
+        while len(rest) < 2:
+            more = self.f.read(_CHUNK)
+            if not more:
+                break
+            rest += more
+        if rest[:2] == b"\x1f\x8b":
+            self.d, self.pending = zlib.decompressobj(16 + zlib.MAX_WBITS), rest
+            return
+        while rest:  # gzip allows zero padding after the last member; anything else is garbage
+            if rest.strip(b"\x00"):
+                raise DataError(f"{self.path} is a corrupt gzip file: garbage follows the compressed data. {_FIX}")
+            rest = self.f.read(_CHUNK)
+        self.ended = True
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` as far as the data goes; return the number of bytes written."""
+        if not self.gz:
+            got = 0
+            if self.pending:
+                k = len(self.pending[:len(buf)])
+                buf[:k], self.pending = self.pending[:k], self.pending[k:]
+                got = k
+            while got < len(buf):
+                k = self.f.readinto(buf[got:])
+                if not k:
+                    break
+                got += k
+            return got
+        got = 0
+        while got < len(buf):
+            part = self.read(min(_CHUNK, len(buf) - got))
+            if not part:
+                break
+            buf[got:got + len(part)] = part
+            got += len(part)
+        return got
+
+
+def _open(path: Path):
     try:
-        with open(path, "rb") as f:
-            buf = bytearray(os.fstat(f.fileno()).st_size)
-            n = f.readinto(buf)
-            del buf[n:]
-    except FileNotFoundError:
-        raise DataError(f"IDX file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a folder, not an IDX file") from None
-    except OSError as e:
-        raise DataError(f"cannot read IDX file {path}: {e.strerror or e}") from None
-    if buf[:2] == b"\x1f\x8b":
-        return _gunzip(buf, path)
-    if path.name.lower().endswith(".gz"):
-        raise DataError(f"{path} is named .gz but is not gzip-compressed (it starts with bytes "
-                        f"{bytes(buf[:4]).hex(' ')}). {_FIX}")
-    return buf
+        return guard.open_regular(path, "IDX file")
+    except DataError as e:
+        if "not found" in str(e) and not os.path.islink(path):
+            raise DataError(f"IDX file not found: {path}") from None
+        raise
+
+
+def _wrong_length(path: Path, shape: str, dtype: np.dtype, declared: int, actual: int, has: str):
+    what = "truncated" if actual < declared else "too long"
+    raise DataError(f"{path} is {what}: its header declares {shape} values of {dtype.itemsize} byte(s) "
+                    f"= {declared} bytes of data, but {has} bytes after the header. {_FIX}")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (raw or gzip) into a writable numpy array in native byte order.
 
-    Raises DataError naming the file when it is missing, not IDX (wrong magic), uses an
-    unknown type code, is shorter or longer than its header declares, or is corrupt gzip.
+    Raises DataError naming the file when it is missing or not a regular file, not IDX (wrong
+    magic), uses an unknown type code or more than MAX_DIMS dimensions, declares more data than
+    memory allows (:mod:`genlab.data.guard`), is shorter or longer than its header declares, or
+    is corrupt gzip. The header is read and checked first; then exactly the declared number of
+    bytes is read (inflated) into the result, and one more byte to tell a file that is too long,
+    so memory stays at the declared size whatever the file holds.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path} is not an IDX file: wrong magic number {bytes(data[:4]).hex(' ') or '(empty file)'} "
+    with _open(path) as f:
+        try:
+            return _read(_Stream(f, path), path)
+        except OSError as e:
+            raise DataError(f"cannot read IDX file {path}: {e.strerror or e}") from None
+
+
+def _read(s: _Stream, path: Path) -> np.ndarray:
+    if not s.gz and path.name.lower().endswith(".gz"):
+        start = s.pending + s.f.read(2)
+        raise DataError(f"{path} is named .gz but is not gzip-compressed (it starts with bytes "
+                        f"{bytes(start[:4]).hex(' ')}). {_FIX}")
+    magic = s.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+        raise DataError(f"{path} is not an IDX file: wrong magic number {magic.hex(' ') or '(empty file)'} "
                         "(IDX files start with two zero bytes, a type code and the number of dimensions). "
                         f"Check that it is the right file. {_FIX}")
-    code, ndim = data[2], data[3]
+    code, ndim = magic[2], magic[3]
     if code not in DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in DTYPES)
         raise DataError(f"{path} uses IDX type code 0x{code:02X}, which is not supported (known: {known}). {_FIX}")
     if ndim == 0:
         raise DataError(f"{path} declares 0 dimensions, so it holds no data. {_FIX}")
+    if ndim > MAX_DIMS:
+        raise DataError(f"{path} declares {ndim} dimensions; genlab reads IDX files of at most {MAX_DIMS} "
+                        f"(images have 3, labels 1). The file is corrupt or not a dataset file. {_FIX}")
+    raw = s.read(4 * ndim)
     header = 4 + 4 * ndim
-    if len(data) < header:
+    if len(raw) < 4 * ndim:
         raise DataError(f"{path} is truncated: its {ndim}-dimensional header needs {header} bytes "
-                        f"but the file has {len(data)}. {_FIX}")
-    dims = struct.unpack(f">{ndim}I", bytes(data[4:header]))
+                        f"but the file has {4 + len(raw)}. {_FIX}")
+    dims = struct.unpack(f">{ndim}I", raw)
     dtype = DTYPES[code]
     count = math.prod(dims)
     declared = count * dtype.itemsize
-    actual = len(data) - header
-    if actual != declared:
-        what = "truncated" if actual < declared else "too long"
-        shape = " x ".join(map(str, dims))
-        raise DataError(f"{path} is {what}: its header declares {shape} values of {dtype.itemsize} byte(s) "
-                        f"= {declared} bytes of data, but the file has {actual} bytes after the header. {_FIX}")
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
-    if dtype.byteorder == ">" or not arr.flags.writeable:
-        arr = arr.astype(dtype.newbyteorder("="))  # copies: native order and writable
+    shape = " x ".join(map(str, dims))
+    guard.check_memory(declared, f"{path} (its header declares {shape} values of {dtype.itemsize} byte(s))",
+                       "Check that it is the right file; a dataset this large needs a machine with more memory.")
+    if not s.gz:  # the size on disk tells a wrong length before anything is allocated
+        actual = os.fstat(s.f.fileno()).st_size - header
+        if actual != declared:
+            _wrong_length(path, shape, dtype, declared, actual, f"the file has {actual}")
+    try:  # pages are committed as they are written, so a truncated file costs only what it holds
+        arr = np.empty(count, dtype=dtype)
+    except MemoryError:
+        raise DataError(f"{path} declares {shape} values of {dtype.itemsize} byte(s) ({declared} bytes), more "
+                        f"memory than this process may allocate. {_FIX}") from None
+    buf = memoryview(arr.view(np.uint8)) if count else memoryview(bytearray(0))
+    actual = s.readinto(buf)
+    if actual < declared:
+        _wrong_length(path, shape, dtype, declared, actual, f"the file has {actual}")
+    if s.read(1):  # for gzip this also reaches the end of the last member, where its CRC is checked
+        _wrong_length(path, shape, dtype, declared, actual + 1, "the file has more")
+    arr = arr.reshape(dims)
+    if dtype.byteorder == ">":
+        arr = arr.byteswap(inplace=True).view(dtype.newbyteorder("="))  # in place: no second copy
     return arr
 
 

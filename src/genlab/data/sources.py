@@ -17,10 +17,15 @@ import torch
 
 from genlab.data import cifar as _cifar
 from genlab.data import folder as _folder
+from genlab.data import guard as _guard
 from genlab.data import mnist as _mnist
 from genlab.data import npz as _npz
 from genlab.data import transform as _t
 from genlab.errors import DataError
+
+#: Labels may go up to max(MIN_CLASS_ROOM, 2 x the number of images) - 1 (and below guard.MAX_CLASSES):
+#: a label far beyond the number of images is a corrupt file, not a class.
+MIN_CLASS_ROOM = 1024
 
 SOURCES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "folder:PATH", "npz:PATH")
 _ALIASES = {"digits": "digits", "mnist": "mnist", "fashion-mnist": "fashion-mnist",
@@ -111,6 +116,28 @@ def _as_split(x: np.ndarray, y: np.ndarray | None, image_size, channels) -> Imag
     return ImageSplit(torch.from_numpy(x), None if y is None else torch.from_numpy(np.ascontiguousarray(y, np.int64)))
 
 
+def check_memory(n_train: int, n_test: int, shape, image_size, channels, name: str) -> None:
+    """DataError (:func:`genlab.data.guard.check_memory`) if a dataset of ``n_train + n_test`` images of
+    ``shape`` (C, H, W), resized to ``image_size`` and converted to ``channels``, would not fit in memory.
+
+    Counted: the uint8 images made by resizing or converting (none when neither changes them), and
+    the float32 copy of the test split that evaluation makes.
+    """
+    c, h, w = (int(v) for v in shape)
+    out_c = channels or c
+    out_h, out_w = (image_size, image_size) if image_size else (h, w)
+    per = out_c * out_h * out_w
+    changed = (out_c, out_h, out_w) != (c, h, w)
+    need = (n_train + n_test) * per * changed + 4 * n_test * per
+    if need:
+        size = f"{out_c} x {out_h} x {out_w}"
+        _guard.check_memory(
+            need, f"{name} as {n_train + n_test:,} images of {size} (C x H x W) with a float copy of its "
+            f"{n_test:,} test images",
+            "Use a smaller --image-size (image_size=...)" + (", or --channels 1" if out_c == 3 else "")
+            + ", or a dataset with fewer images.")
+
+
 def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, image_size: int | None = None,
                  channels: int | None = None, download: bool = True, progress: bool = True) -> Dataset:
     """Load a dataset by spec (see SOURCES) as uint8 tensors, optionally resized / channel-converted.
@@ -135,6 +162,7 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, image_siz
     elif kind == "folder":
         images, labels, class_names, origin = _folder.load(path, image_size, channels, progress)
         x, y, tx, ty = _split(images, labels, str(path))
+        del images, labels  # the split's copies replace them
         name = f"folder:{path}"
     else:
         x, y, tx, ty, class_names, origin = _npz.load(path)
@@ -145,11 +173,18 @@ def load_dataset(spec: str, data_dir: str | os.PathLike | None = None, image_siz
         num_classes, class_names = 0, None
     else:
         top = int(max(y.max(initial=-1), ty.max(initial=-1))) + 1
+        most = min(_guard.MAX_CLASSES, max(MIN_CLASS_ROOM, 2 * (len(y) + len(ty))))
+        if top > most:
+            raise DataError(f"{origin}: labels go up to {top - 1}, but {len(y) + len(ty)} images can have at most "
+                            f"{most} classes here (class indices 0..K-1 with K at most max({MIN_CLASS_ROOM}, "
+                            f"2 x the number of images) and at most {_guard.MAX_CLASSES}); renumber the classes "
+                            "0..K-1.")
         if class_names is not None and len(class_names) < top:
             raise DataError(f"{origin}: labels go up to {top - 1} but only {len(class_names)} class names are given; "
                             "give one name per class.")
         num_classes = len(class_names) if class_names is not None else top
         class_names = class_names if class_names is not None else [str(i) for i in range(num_classes)]
+    check_memory(len(x), len(tx), x.shape[1:], image_size, channels, name)
     return Dataset(name=name, train=_as_split(x, y, image_size, channels), test=_as_split(tx, ty, image_size, channels),
                    num_classes=num_classes, class_names=class_names, origin=origin)
 
