@@ -115,7 +115,8 @@ def holder(tmp_path):
     b'{"format": "some-other-tool-1", "train": {}}',
     b"not json",
     b'["genlab-run-1"]',
-    b'{"format": "genlab-compare-settings-1"}',
+    b'{"format": "genlab-compare-settings-1", "data": {}, "models": []}',
+    b'{"format": "genlab-run-1"}',  # a forged one: genlab writes the model, its config, training and data
 ])
 def test_overwrite_refuses_a_folder_that_is_not_a_genlab_run(tmp_path, capsys, content, one_thread):
     project = tmp_path / "project"
@@ -131,6 +132,17 @@ def test_overwrite_refuses_a_folder_that_is_not_a_genlab_run(tmp_path, capsys, c
     assert "not a genlab run folder" in err and "Traceback" not in err and err.count("\n") == 1
     assert tree(project) == before  # not even a lock file was written into it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]  # nothing moved aside
+
+
+def test_the_demo_replaces_only_its_own_runs(tmp_path, capsys, one_thread):
+    from genlab.demo import run_demo
+
+    mine = tmp_path / "seed-vae"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a run")
+    with pytest.raises(GenlabError, match="refusing to --overwrite .*seed-vae: it is not a genlab run folder"):
+        run_demo(tmp_path, progress=False)
+    assert (mine / "notes.txt").read_text() == "not a run" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
 def test_overwrite_refuses_the_working_directory_and_its_ancestors(run, capsys, monkeypatch, one_thread):
@@ -151,10 +163,9 @@ def test_overwrite_refuses_the_working_directory_and_its_ancestors(run, capsys, 
     assert tree(run) == before and seed_of(run) == 1
 
 
-def test_overwrite_refuses_home_and_root(tmp_path, capsys, monkeypatch, one_thread):
+def test_overwrite_refuses_home_and_root(made_run, tmp_path, capsys, monkeypatch, one_thread):
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.json").write_text(json.dumps({"format": "genlab-run-1"}))  # even one that looks like a run
+    shutil.copytree(made_run, home)  # even a home folder that is a run folder
     (home / "thesis.tex").write_text("\\section{}")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
@@ -212,8 +223,11 @@ def test_a_second_overwrite_of_a_never_saved_run_keeps_the_run_aside(run, one_th
     claim = _claim_run_dir(run, "x", "runs", overwrite=True)  # a replacement that died before config.json
     claim.release()
     shutil.copy(aside_of(run) / "config.json", run / "config.json")  # ... or after it, never saving
+    half_deleted = run.parent / f".R.discarded-{dead_pid()}"  # a deletion of such a run, killed midway
+    (half_deleted / "samples").mkdir(parents=True)
     claim = _claim_run_dir(run, "x", "runs", overwrite=True)
     try:
+        assert not half_deleted.exists()
         assert not any(p.name != LOCK_NAME for p in run.iterdir())  # the never-saved one is what went
         kept = {k: v for k, v in tree(aside_of(run)).items() if k != LOCK_NAME}
         assert kept == {k: v for k, v in old.items() if k != LOCK_NAME}
@@ -335,12 +349,15 @@ def test_a_start_killed_before_config_json_can_be_started_again(tmp_path, capsys
 
 # ----------------------------------------------------------------------------- comparisons
 
+FAKE_SETTINGS = {"format": driver.SETTINGS_FORMAT, "data": {"spec": "digits"}, "models": ["seed-vae"], "budget": "1ep",
+                 "seed": 0}
+
 
 @pytest.mark.parametrize("name", ["../x", "..", ".", "", "/tmp/elsewhere", "a/b", "a\\b", ".c.replaced"])
 def test_compare_names_outside_out_root_are_refused(tmp_path, name, one_thread):
     outside = tmp_path / "x"
     outside.mkdir()
-    (outside / "compare.json").write_text(json.dumps({"format": driver.SETTINGS_FORMAT}))
+    (outside / "compare.json").write_text(json.dumps(FAKE_SETTINGS))
     (outside / "results.json").write_text("{}")
     before = tree(tmp_path)
     with pytest.raises(GenlabError, match="--name .* is not a plain folder name"):
@@ -352,10 +369,10 @@ def test_compare_names_outside_out_root_are_refused(tmp_path, name, one_thread):
 def test_compare_overwrite_moves_the_old_comparison_aside_until_its_results_exist(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "root" / "cmp"
     (folder / "runs" / "seed-vae").mkdir(parents=True)
-    old_settings = {"format": driver.SETTINGS_FORMAT, "budget": "1ep"}
+    old_settings = {**FAKE_SETTINGS, "budget": "1ep"}
     (folder / "compare.json").write_text(json.dumps(old_settings))
     (folder / "results.json").write_text("{}")
-    new_settings = {"format": driver.SETTINGS_FORMAT, "budget": "2ep"}
+    new_settings = {**FAKE_SETTINGS, "budget": "2ep"}
     with pytest.raises(GenlabError, match="other budget"):
         driver._prepare_folder(folder, new_settings, overwrite=False)
     claim = driver._prepare_folder(folder, new_settings, overwrite=True)
@@ -383,9 +400,9 @@ def test_compare_refuses_a_locked_or_foreign_folder(tmp_path, holder, one_thread
         run_compare(["seed-vae"], "digits", "1ep", name="cmp", out_root=tmp_path / "root", overwrite=True,
                     progress=False, log=lambda m: None)
     assert (folder / "compare.json").read_text() == "{not json" and not (folder / LOCK_NAME).exists()
-    (folder / "compare.json").write_text(json.dumps({"format": driver.SETTINGS_FORMAT}))
+    (folder / "compare.json").write_text(json.dumps(FAKE_SETTINGS))
     proc = holder(folder)
     with pytest.raises(GenlabError, match=f"comparison folder {folder} is in use: pid {proc.pid}"):
         run_compare(["seed-vae"], "digits", "1ep", name="cmp", out_root=tmp_path / "root", overwrite=True,
                     progress=False, log=lambda m: None)
-    assert json.loads((folder / "compare.json").read_text()) == {"format": driver.SETTINGS_FORMAT}
+    assert json.loads((folder / "compare.json").read_text()) == FAKE_SETTINGS

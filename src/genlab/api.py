@@ -162,7 +162,11 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     ``lr_schedule`` ("constant", "linear" or "cosine"; None: the preset's) decays every optimizer's
     learning rate to 0 at the end of the budget: the last epoch, ``max_steps`` or ``max_seconds``,
     whichever comes first.
-    Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken).
+    Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken). ``overwrite``
+    replaces the run folder ``out``: only a genlab run folder, never ``/``, the home folder, the
+    working directory or an ancestor of it; the old run is moved to ``.<name>.replaced`` beside it
+    and deleted once the new run's first checkpoint is written. The run folder is locked while the
+    run trains: a second writer is refused (see ``genlab.training.lock``).
 
     Under torchrun (``torchrun --nproc-per-node N``) every process calls this alike: they train
     together (see ``genlab.training.distributed``), ``batch_size`` is the batch of all of them, and
@@ -221,7 +225,10 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
     """Continue a stopped run from its last checkpoint; ``epochs`` may extend it, ``max_steps`` /
     ``max_seconds`` (steps / training seconds in all, counting those before the stop) limit it.
     ``precision``, ``compile`` and ``channels_last`` default to the run's own; under torchrun every
-    process resumes from the same checkpoint."""
+    process resumes from the same checkpoint. A run stopped before its first checkpoint (killed
+    after it wrote config.json) is trained from the start with its saved settings: the same run a
+    fresh ``train`` with those settings gives. The run folder is locked while it trains, and the
+    temporary files of writers that died mid-write are removed first."""
     run_dir = Path(run_dir)
     changes = {"epochs": epochs, "max_steps": max_steps, "max_seconds": max_seconds, "device": device,
                "precision": precision, "compile": compile, "channels_last": channels_last}

@@ -134,7 +134,8 @@ def _settings(data: tuple[str, int | None, int | None], specs: list[ModelSpec], 
             "budget": None if budget is None else budget.text, "seed": seed}
 
 
-COMPARE_KIND = FolderKind("comparison folder", "compare.json", SETTINGS_FORMAT, "results.json")
+COMPARE_KIND = FolderKind("comparison folder", "compare.json", SETTINGS_FORMAT, "results.json",
+                          keys=("data", "models"))
 _RESERVED = re.compile(r"^\..*(\.replaced|\.discarded-\d+)$")  # what --overwrite leaves beside a folder
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import glob
 import json
 import os
 import shlex
@@ -221,15 +222,16 @@ class FolderKind:
     marker: str  # the file that says what the folder is
     format: str  # the "format" that file must have
     safe_result: str  # a file whose presence means the folder holds a result worth keeping
+    keys: tuple[str, ...] = ()  # keys the marker must have besides "format" (genlab writes them all)
 
 
 def is_kind(folder: Path, kind: FolderKind) -> bool:
-    """Whether ``folder``'s marker file parses as a JSON object of ``kind``'s format."""
+    """Whether ``folder``'s marker file parses as a JSON object of ``kind``'s format, with its keys."""
     try:
         record = json.loads((folder / kind.marker).read_bytes())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return isinstance(record, dict) and record.get("format") == kind.format
+    return isinstance(record, dict) and record.get("format") == kind.format and all(k in record for k in kind.keys)
 
 
 def _protected(folder: Path) -> str | None:
@@ -258,7 +260,7 @@ def check_replaceable(folder: Path, kind: FolderKind, option: str = "--overwrite
         reason = "it is a symbolic link (give the folder it points to, or remove the link)"
     if reason is None and not is_kind(folder, kind):
         reason = (f"it is not a genlab {kind.what}: it has no {kind.marker} of format {kind.format!r} "
-                  f"({'missing' if not (folder / kind.marker).exists() else 'another file'})")
+                  f"({'missing' if not (folder / kind.marker).exists() else 'it holds another file'})")
     if reason is not None:
         raise RunError(f"refusing to {option} {folder}: {reason}. Nothing was changed; choose another folder.")
 
@@ -269,10 +271,15 @@ def aside_of(folder: Path) -> Path:
 
 
 def _delete_tree(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-    else:
-        shutil.rmtree(path)
+    """Delete a folder (or a link) that --overwrite set aside; a RunError says what to do if the file
+    system refuses."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+    except OSError as e:
+        raise RunError(f"could not delete {path} ({e.strerror or e}); delete it by hand.") from None
 
 
 class Claim:
@@ -291,7 +298,11 @@ class Claim:
         """The folder now holds a safe result: delete the replaced folder kept aside."""
         aside, self.aside = self.aside, None
         if aside is not None and (aside.exists() or aside.is_symlink()):
-            _delete_tree(aside)
+            try:
+                _delete_tree(aside)
+            except RunError as e:  # the new folder is safe all the same: the old one only lingers
+                self.lock.notice(f"note: {e}")
+                return
             now = "holds a checkpoint" if self.lock.what == "run folder" else "is complete"
             self.lock.notice(f"deleted {aside}, the folder that --overwrite replaced, now that {self.folder} {now}")
 
@@ -305,15 +316,32 @@ class Claim:
         self.release()
 
 
+def _remove_discarded(folder: Path) -> None:
+    """Delete ``.NAME.discarded-PID`` siblings (never-saved folders a replacement was deleting) of
+    processes that died before they finished."""
+    for p in folder.parent.glob(f".{glob.escape(folder.name)}.discarded-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                _delete_tree(p)
+            except RunError:
+                pass
+
+
 def settle_leftover(lock: FolderLock, kind: FolderKind) -> Path | None:
     """With ``lock`` held: a folder kept aside by an earlier ``--overwrite`` of this folder is deleted
     when this folder holds a safe result, else kept (and said where) until it does; returns it then."""
     folder = lock.folder
+    _remove_discarded(folder)
     aside = aside_of(folder)
     if not (aside.exists() or aside.is_symlink()):
         return None
     if (folder / kind.safe_result).is_file():
-        _delete_tree(aside)
+        try:
+            _delete_tree(aside)
+        except RunError as e:
+            lock.notice(f"note: {e}")
+            return None
         lock.notice(f"deleted {aside}, left by an earlier --overwrite of {folder}, which has since been "
                     "written safely")
         return None
@@ -329,6 +357,7 @@ def replace(lock: FolderLock, kind: FolderKind, option: str = "--overwrite") -> 
     the folder anew with an exclusive mkdir, lock it, and release ``lock``. Returns the new claim."""
     folder = lock.folder
     check_replaceable(folder, kind, option)
+    _remove_discarded(folder)
     aside = aside_of(folder)
     kept = None
     if aside.exists() or aside.is_symlink():
@@ -337,23 +366,33 @@ def replace(lock: FolderLock, kind: FolderKind, option: str = "--overwrite") -> 
         else:
             kept = aside
     if kept is None:
-        os.rename(folder, aside)
+        try:
+            os.rename(folder, aside)
+        except OSError as e:
+            raise RunError(f"{option}: could not move {folder} aside to {aside} ({e.strerror or e}); nothing was "
+                           "deleted.") from None
         lock.notice(f"{option}: moved the old {kind.what} to {aside}; it is deleted once {folder} holds "
                     f"a {'checkpoint' if kind.what == 'run folder' else 'result'}.")
     else:
         doomed = folder.with_name(f".{folder.name}.discarded-{os.getpid()}")
-        os.rename(folder, doomed)
-        shutil.rmtree(doomed)
+        try:
+            os.rename(folder, doomed)
+        except OSError as e:
+            raise RunError(f"{option}: could not move {folder} out of the way ({e.strerror or e}); nothing was "
+                           "deleted.") from None
+        _delete_tree(doomed)
         lock.notice(f"{option}: deleted {folder}, which never held a "
                     f"{'checkpoint' if kind.what == 'run folder' else 'result'}; the {kind.what} replaced before "
                     f"it stays in {aside} until the new one does.")
         aside = kept
     try:
         folder.mkdir()
-    except FileExistsError:
+    except OSError as e:
         lock.release()
-        raise RunError(f"{folder} was created by another process while {option} replaced it; the old "
-                       f"{kind.what} is kept in {aside}.") from None
+        why = ("it was created by another process meanwhile" if isinstance(e, FileExistsError)
+               else e.strerror or str(e))
+        raise RunError(f"{option}: could not create {folder} anew ({why}); the old {kind.what} is kept in "
+                       f"{aside}.") from None
     new_lock = FolderLock(folder, lock.what, lock.notice)
     try:
         new_lock.acquire()

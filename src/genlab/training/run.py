@@ -26,7 +26,8 @@ from .trainer import TrainConfig
 RUN_FORMAT = "genlab-run-1"
 
 
-RUN_KIND = FolderKind("run folder", "config.json", RUN_FORMAT, "checkpoints/last.safetensors")
+RUN_KIND = FolderKind("run folder", "config.json", RUN_FORMAT, "checkpoints/last.safetensors",
+                      keys=("model", "model_config", "train", "data"))
 
 
 def next_free_dir(base: Path) -> Path:
