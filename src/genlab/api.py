@@ -7,8 +7,8 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,16 @@ import torch
 
 from .data import load_dataset
 from .errors import GenlabError, RunError
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, remove_orphan_tmp
 from .models.base import GenerativeModel
 from .models.registry import build_model, make_config, resolve
 from .training import distributed
 from .training.context import resolve_precision
-from .training.run import load, load_run_dataset, model_from_config, next_free_dir, read_run_config, train_config_from, write_run_config
+from .training.lock import (Claim, FolderLock, check_replaceable, describe_holder, holds_files, live_holder, say,
+                            settle_leftover)
+from .training.lock import replace as replace_folder
+from .training.run import (RUN_KIND, load, load_run_dataset, model_from_config, next_free_dir, read_run_config,
+                           train_config_from, write_run_config)
 from .training.trainer import Trainer, TrainConfig, TrainState, check_train_config, resolve_device
 
 __all__ = ["train", "resume", "load", "TrainResult"]
@@ -51,18 +55,95 @@ def _data_record(dataset, spec_options: dict[str, Any]) -> dict[str, Any]:
             "train_size": len(dataset.train), "test_size": len(dataset.test), "origin": dataset.origin}
 
 
-def _prepare_run_dir(out: str | Path | None, default_name: str, runs_root: str | Path, overwrite: bool) -> Path:
+def _on_main(work):
+    """``work()`` on rank 0 (the process that writes the run folder); its value there, None elsewhere.
+    Under torchrun the other processes learn whether it failed, and fail with the same message,
+    instead of waiting at the next collective for a rank 0 that has stopped."""
+    info = distributed.current()
+    value = error = None
+    if info.is_main:
+        try:
+            value = work()
+        except Exception as e:  # noqa: BLE001 - reported to the other processes, then raised here
+            error = e
+    message = distributed.broadcast_object(None if error is None else str(error)) if info.active else None
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RunError(f"rank 0 could not prepare the run folder: {message}")
+    return value
+
+
+def _claim_run_dir(out: str | Path | None, default_name: str, runs_root: str | Path, overwrite: bool) -> Claim:
+    """The folder of a new run, created (an exclusive mkdir: two starts never share one) and locked.
+
+    ``out`` may name a folder that does not exist or is empty. One that holds files is used only with
+    ``overwrite``, and only when it is a genlab run folder that may be deleted (never ``/``, the home
+    folder, the working directory or an ancestor of it): it is then moved aside and deleted once the
+    new run's first checkpoint is written (``genlab.training.lock``). Nothing is written into a folder
+    that holds files before it is known to be a run folder."""
     if out is None:
-        return next_free_dir(Path(runs_root) / default_name)
+        run_dir = next_free_dir(Path(runs_root) / default_name)
+        return Claim(FolderLock(run_dir).acquire())
     run_dir = Path(out)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise RunError(f"--out {run_dir} is a symbolic link to nothing; remove it or choose another --out.")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} is a file, not a folder; choose another --out.")
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise RunError(f"cannot create the run folder {run_dir} ({e.strerror}); choose another --out.") from None
+    else:
+        lock = FolderLock(run_dir).acquire()
+        return Claim(lock, settle_leftover(lock, RUN_KIND))
+    if holds_files(run_dir):
         if not overwrite:
+            holder = live_holder(run_dir)
+            if holder is not None:
+                raise RunError(f"{run_dir} is a run in training: {describe_holder(holder)} is writing to it. Choose "
+                               "another --out, or wait until it ends.")
             raise RunError(f"{run_dir} already holds files. Continue that run with `genlab train --resume "
                            f"{run_dir}`, choose another --out, or pass --overwrite to replace it.")
-        if not (run_dir / "config.json").exists():
-            raise RunError(f"refusing to overwrite {run_dir}: it is not a genlab run folder (no config.json).")
-        shutil.rmtree(run_dir)
-    return run_dir
+        check_replaceable(run_dir, RUN_KIND)  # before anything (the lock file) is written into it
+    lock = FolderLock(run_dir).acquire()
+    try:
+        if holds_files(run_dir):  # again, now that no other writer can change it
+            if not overwrite:
+                raise RunError(f"{run_dir} was just written by another process; choose another --out.")
+            return replace_folder(lock, RUN_KIND)
+        remove_orphan_tmp(run_dir)
+        return Claim(lock, settle_leftover(lock, RUN_KIND))
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _claim_existing_run(run_dir: Path) -> Claim:
+    """The lock on the run folder a resume writes, and its leftovers dealt with: the temporary files
+    of writers that died mid-write are removed, and a run replaced by an earlier --overwrite and
+    kept aside is deleted when this run has a checkpoint (else kept until it has one)."""
+    lock = FolderLock(run_dir).acquire()
+    try:
+        removed = remove_orphan_tmp(run_dir)
+        if removed:
+            say(f"removed {len(removed)} unfinished temporary file(s) left in {run_dir} by a process that died "
+                f"while writing: {', '.join(str(p.relative_to(run_dir)) for p in removed[:5])}"
+                f"{' ...' if len(removed) > 5 else ''}")
+        return Claim(lock, settle_leftover(lock, RUN_KIND))
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _forget_unsaved_start(run_dir: Path) -> None:
+    """A run restarted from scratch: the log lines and sample grids of the start that never saved a
+    checkpoint describe steps that are about to be trained again."""
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    for grid in (run_dir / "samples").glob("epoch-*.png"):
+        grid.unlink()
 
 
 def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | None = None,
@@ -81,7 +162,11 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     ``lr_schedule`` ("constant", "linear" or "cosine"; None: the preset's) decays every optimizer's
     learning rate to 0 at the end of the budget: the last epoch, ``max_steps`` or ``max_seconds``,
     whichever comes first.
-    Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken).
+    Without ``out`` the run goes to ``runs/<model>-<data>`` (``-2``, ``-3`` … if taken). ``overwrite``
+    replaces the run folder ``out``: only a genlab run folder, never ``/``, the home folder, the
+    working directory or an ancestor of it; the old run is moved to ``.<name>.replaced`` beside it
+    and deleted once the new run's first checkpoint is written. The run folder is locked while the
+    run trains: a second writer is refused (see ``genlab.training.lock``).
 
     Under torchrun (``torchrun --nproc-per-node N``) every process calls this alike: they train
     together (see ``genlab.training.distributed``), ``batch_size`` is the batch of all of them, and
@@ -108,17 +193,28 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     data_tag = dataset.name.split(":", 1)[0] if ":" in dataset.name else dataset.name
     torch.manual_seed(seed)  # weight initialisation
     net = build_model(preset.model, model_cfg, dataset.image_shape, dataset.num_classes)
-    run_dir = None
-    if dist.is_main:
-        run_dir = _prepare_run_dir(out, f"{preset.name}-{data_tag}", runs_root, overwrite)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(run_dir, name=preset.name, model=preset.model, model_config=model_cfg, train=train_cfg,
-                         data=_data_record(dataset, {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-                                                     "image_size": image_size, "channels": channels}),
-                         parameters=net.parameter_count())
-    run_dir = Path(distributed.broadcast_object(None if run_dir is None else str(run_dir)))
-    trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress, device=this_device)
-    status = trainer.fit()
+
+    def claim() -> Claim:
+        held = _claim_run_dir(out, f"{preset.name}-{data_tag}", runs_root, overwrite)
+        try:
+            write_run_config(held.folder, name=preset.name, model=preset.model, model_config=model_cfg,
+                             train=train_cfg,
+                             data=_data_record(dataset, {"data_dir": None if data_dir is None
+                                                         else str(Path(data_dir).resolve()),
+                                                         "image_size": image_size, "channels": channels}),
+                             parameters=net.parameter_count())
+        except BaseException:
+            held.release()
+            raise
+        return held
+
+    held = _on_main(claim)  # rank 0 alone locks and writes the folder
+    run_dir = Path(distributed.broadcast_object(None if held is None else str(held.folder)))
+    with held or contextlib.nullcontext():  # the lock is held until the training returns
+        trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress, device=this_device)
+        if held is not None:
+            trainer.on_save = held.saved  # the first checkpoint makes the run it replaced deletable
+        status = trainer.fit()
     return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))
 
 
@@ -129,9 +225,25 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
     """Continue a stopped run from its last checkpoint; ``epochs`` may extend it, ``max_steps`` /
     ``max_seconds`` (steps / training seconds in all, counting those before the stop) limit it.
     ``precision``, ``compile`` and ``channels_last`` default to the run's own; under torchrun every
-    process resumes from the same checkpoint."""
+    process resumes from the same checkpoint. A run stopped before its first checkpoint (killed
+    after it wrote config.json) is trained from the start with its saved settings: the same run a
+    fresh ``train`` with those settings gives. The run folder is locked while it trains, and the
+    temporary files of writers that died mid-write are removed first."""
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
+    changes = {"epochs": epochs, "max_steps": max_steps, "max_seconds": max_seconds, "device": device,
+               "precision": precision, "compile": compile, "channels_last": channels_last}
+    train_cfg = _continued_config(read_run_config(run_dir), **changes)  # a run folder: only then is it locked
+    dist, this_device = distributed.setup(train_cfg.device)
+    check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
+    held = _on_main(lambda: _claim_existing_run(run_dir))
+    with held or contextlib.nullcontext():  # the lock is held until the training returns
+        # read again under the lock: another writer may have replaced the run since
+        return _resume_locked(run_dir, held, read_run_config(run_dir), changes, dist, this_device, progress)
+
+
+def _continued_config(config: dict[str, Any], *, epochs, max_steps, max_seconds, device, precision, compile,
+                      channels_last) -> TrainConfig:
+    """The training settings of a resumed run: its own, with the changes a resume may make."""
     train_cfg = train_config_from(config)
     if epochs is not None:
         train_cfg.epochs = epochs
@@ -142,13 +254,31 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
     for name, value in (("precision", precision), ("compile", compile), ("channels_last", channels_last)):
         if value is not None:
             setattr(train_cfg, name, value)
-    dist, this_device = distributed.setup(train_cfg.device)
+    return train_cfg
+
+
+def _resume_locked(run_dir: Path, held: Claim | None, config: dict[str, Any], changes: dict[str, Any], dist,
+                   this_device: str, progress: bool) -> TrainResult:
+    train_cfg = _continued_config(config, **changes)
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     with distributed.main_first():
         dataset = load_run_dataset(config, progress=progress and dist.is_main)
+    # a run stopped before its first checkpoint has nothing to continue from: it starts from scratch
+    fresh = distributed.broadcast_object(not (run_dir / "checkpoints" / "last.safetensors").is_file()
+                                         if dist.is_main else None)
+    if fresh:
+        torch.manual_seed(train_cfg.seed)  # the same initial weights as `genlab train` gives with this seed
     net = model_from_config(config)
     trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress, device=this_device)
-    trainer.restore()
+    if fresh:
+        if dist.is_main:
+            say(f"{run_dir} has no checkpoint yet (it stopped before its first save): training it from the start "
+                "with its saved settings.")
+            _forget_unsaved_start(run_dir)
+    else:
+        trainer.restore()
+    if held is not None:
+        trainer.on_save = held.saved
     if dist.is_main:
         config["train"] = dataclasses.asdict(train_cfg)
         atomic_write_json(run_dir / "config.json", config)

@@ -19,6 +19,8 @@ def run_demo(out: Path, progress: bool = True) -> dict[str, Path]:
     start = time.perf_counter()
     for preset, epochs in DEMO_EPOCHS.items():
         print(f"== training {preset} on digits ({epochs} epochs) -> {out / preset}")
+        # replaces the run an earlier demo left there, and nothing else: a folder of that name that is
+        # not a genlab run (or is the working directory) is refused, never deleted
         res = train(preset, "digits", out=out / preset, epochs=epochs, progress=progress, overwrite=True)
         results[preset] = res
     vae = results["seed-vae"].model

@@ -51,11 +51,18 @@ def _pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
         return False
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def is_orphan_tmp(path: Path) -> bool:
+    """Whether ``path`` is the ``.NAME.tmp-PID`` file of an atomic write whose process is gone."""
+    path = Path(path)
+    m = _TMP.match(path.name)
+    return bool(m) and path.is_file() and not path.is_symlink() and not _pid_alive(int(m.group(1)))
 
 
 def remove_orphan_tmp(folder: Path, recursive: bool = True) -> list[Path]:
@@ -67,8 +74,7 @@ def remove_orphan_tmp(folder: Path, recursive: bool = True) -> list[Path]:
         return removed
     candidates = folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*")
     for p in candidates:
-        m = _TMP.match(p.name)
-        if m and p.is_file() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
+        if is_orphan_tmp(p):
             try:
                 p.unlink()
                 removed.append(p)

@@ -17,18 +17,22 @@ models, budget or seed is never overwritten without ``--overwrite``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
+import os
 import re
-import shutil
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import GenlabError
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, remove_orphan_tmp
+from ..training.lock import Claim, FolderKind, FolderLock, holds_files, is_kind, settle_leftover
+from ..training.lock import replace as replace_folder
 from .budget import Budget, parse_budget
 from .summary import nll_value, summarize
 
@@ -130,23 +134,102 @@ def _settings(data: tuple[str, int | None, int | None], specs: list[ModelSpec], 
             "budget": None if budget is None else budget.text, "seed": seed}
 
 
-def _prepare_folder(folder: Path, settings: dict[str, Any], overwrite: bool) -> None:
+COMPARE_KIND = FolderKind("comparison folder", "compare.json", SETTINGS_FORMAT, "results.json",
+                          keys=("data", "models"))
+_RESERVED = re.compile(r"^\..*(\.replaced|\.discarded-\d+)$")  # what --overwrite leaves beside a folder
+
+
+def comparison_folder(out_root: str | Path, name: str) -> Path:
+    """``out_root/name`` for a ``name`` that is a plain folder name, so that a comparison writes (and with
+    --overwrite deletes) nothing outside --out-root."""
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+           or (os.altsep is not None and os.altsep in name) or Path(name).is_absolute() or _RESERVED.match(name))
+    if bad:
+        raise GenlabError(f"--name {name!r} is not a plain folder name: the comparison folder is made directly "
+                          f"inside --out-root ({out_root}), so its name may not be empty, '.' or '..', contain '/' "
+                          "or '\\', or have the form of a folder kept aside by --overwrite (.NAME.replaced). Give a "
+                          "name such as `fm-vaes`, and --out-root for another place.")
+    return Path(out_root) / name
+
+
+# the claims (lock, folder kept aside) _prepare_folder takes for the run_compare in progress
+_CLAIMS: ContextVar[list[Claim] | None] = ContextVar("genlab_compare_claims", default=None)
+
+
+def _holding_folder(fn: Callable[..., CompareResult]) -> Callable[..., CompareResult]:
+    """``run_compare`` holds its folder's lock (taken in ``_prepare_folder``) until it returns, however it
+    returns; once it has written the results, a comparison that --overwrite replaced is deleted."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> CompareResult:
+        claims: list[Claim] = []
+        token = _CLAIMS.set(claims)
+        try:
+            result = fn(*args, **kwargs)
+            for claim in claims:
+                claim.saved()
+            return result
+        finally:
+            _CLAIMS.reset(token)
+            for claim in claims:
+                claim.release()
+    return wrapper
+
+
+def _prepare_folder(folder: Path, settings: dict[str, Any], overwrite: bool) -> Claim:
+    """Create (an exclusive mkdir) or reuse the comparison folder, lock it, and write its compare.json.
+
+    A folder holding files is reused only when it is a genlab comparison (its compare.json has the
+    settings format) made with the same settings; with ``overwrite`` one made with other settings (or
+    the same) is replaced: moved aside and deleted once the new comparison's results are written
+    (``genlab.training.lock``). Nothing is written into a folder that is not a comparison. The lock
+    is held until ``run_compare`` returns (``_holding_folder``)."""
     marker = folder / "compare.json"
-    if folder.exists() and any(folder.iterdir()):
-        if not marker.is_file():
-            raise GenlabError(f"{folder} exists and is not a genlab comparison (no compare.json); choose another "
-                              "--name or --out-root.")
-        old = json.loads(marker.read_text())
-        if old != settings:
-            if not overwrite:
+    if folder.is_symlink():
+        raise GenlabError(f"{folder} is a symbolic link; a comparison folder is a plain folder inside --out-root. "
+                          "Choose another --name.")
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        if not folder.is_dir():
+            raise GenlabError(f"{folder} is a file, not a comparison folder; choose another --name or "
+                              "--out-root.") from None
+        if holds_files(folder) and not is_kind(folder, COMPARE_KIND):
+            raise GenlabError(f"{folder} exists and is not a genlab comparison (no compare.json of format "
+                              f"{SETTINGS_FORMAT!r}); choose another --name or --out-root.") from None
+    except OSError as e:
+        raise GenlabError(f"cannot create the comparison folder {folder} ({e.strerror}); choose another "
+                          "--out-root.") from None
+    lock = FolderLock(folder, "comparison folder").acquire()
+    try:
+        claim = None
+        if holds_files(folder):  # (looked at again now that no other writer can change it)
+            old = _read_json(marker) if is_kind(folder, COMPARE_KIND) else None
+            if old is None:
+                raise GenlabError(f"{folder} is not a genlab comparison (no compare.json of format "
+                                  f"{SETTINGS_FORMAT!r}); choose another --name or --out-root.")
+            if old != settings and not overwrite:
                 diff = [k for k in settings if old.get(k) != settings[k]]
                 raise GenlabError(f"{folder} holds a comparison with other {', '.join(diff)} "
                                   f"({', '.join(f'{k}: {old.get(k)}' for k in diff)}). Choose another --name, or pass "
                                   "--overwrite to delete it and start over.")
-            shutil.rmtree(folder)
-        elif overwrite:
-            shutil.rmtree(folder)
-    atomic_write_json(marker, settings)
+            if overwrite:
+                claim = replace_folder(lock, COMPARE_KIND)
+        if claim is None:
+            remove_orphan_tmp(folder, recursive=False)
+            claim = Claim(lock, settle_leftover(lock, COMPARE_KIND))
+    except BaseException:
+        lock.release()
+        raise
+    claims = _CLAIMS.get()
+    if claims is not None:
+        claims.append(claim)
+    try:
+        atomic_write_json(marker, settings)
+    except BaseException:
+        if claims is None:
+            claim.release()
+        raise
+    return claim
 
 
 # ----------------------------------------------------------------------------- training
@@ -315,6 +398,7 @@ def _likelihood_entry(lk: dict[str, Any] | None, likelihood_k: int | None) -> di
 DEFAULT_BUDGET = "5m"  # per model when presets are trained: a laptop-CPU comparison in well under an hour
 
 
+@_holding_folder
 def run_compare(models: list[str], data: str | None = None, budget: str | None = None, *, seed: int = 0,
                 samples: int = 10_000, likelihood_k: int | None = None, name: str | None = None,
                 out_root: str | Path = "compare", overwrite: bool = False, data_dir: str | None = None,
@@ -352,7 +436,7 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
                               f"{_describe_data(*_run_data(config))}, the comparison is on {_describe_data(*the_data)}. "
                               "Compare runs of the same data (or pass the matching --data).")
 
-    folder = Path(out_root) / (name or default_name(dataset.name, specs, the_budget, seed))
+    folder = comparison_folder(out_root, default_name(dataset.name, specs, the_budget, seed) if name is None else name)
     inside = [s for s in specs if s.source == "run" and folder.resolve() in s.run_dir.resolve().parents]
     if inside and overwrite:
         raise GenlabError(f"--overwrite would delete {folder}, which holds the run {inside[0].run_dir} given in "

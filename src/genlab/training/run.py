@@ -20,19 +20,37 @@ from ..fileio import atomic_write_json
 from ..models.base import GenerativeModel
 from ..models.registry import build_model
 from . import checkpoint as ckpt
+from .lock import FolderKind, holds_files
 from .trainer import TrainConfig
 
 RUN_FORMAT = "genlab-run-1"
 
 
+RUN_KIND = FolderKind("run folder", "config.json", RUN_FORMAT, "checkpoints/last.safetensors",
+                      keys=("model", "model_config", "train", "data"))
+
+
 def next_free_dir(base: Path) -> Path:
-    """``base`` if it is free, else ``base-2``, ``base-3`` …: a new run never overwrites an old one."""
-    if not base.exists():
-        return base
-    i = 2
-    while base.with_name(f"{base.name}-{i}").exists():
-        i += 1
-    return base.with_name(f"{base.name}-{i}")
+    """Create and return ``base`` if it is free, else ``base-2``, ``base-3`` …: a new run never
+    overwrites an old one. Each name is taken with an exclusive mkdir, so two processes starting
+    at once never get the same folder."""
+    base = Path(base)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the runs folder {base.parent} ({e.strerror}); choose another with "
+                       "--out.") from None
+    i = 1
+    while True:
+        candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            i += 1
+        except OSError as e:
+            raise RunError(f"cannot create the run folder {candidate} ({e.strerror}); choose another with "
+                           "--out.") from None
 
 
 def write_run_config(run_dir: Path, *, name: str, model: str, model_config: Any, train: TrainConfig,
@@ -61,6 +79,9 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not run_dir.exists():
         raise RunError(f"run folder {run_dir} does not exist. Train one with `genlab train MODEL --out {run_dir}`.")
     if not path.is_file():
+        if run_dir.is_dir() and not holds_files(run_dir):
+            raise RunError(f"{run_dir} holds no run yet (a start that stopped before it wrote config.json); "
+                           f"start it with `genlab train MODEL --out {run_dir}`.")
         raise RunError(f"{run_dir} is not a genlab run folder: it has no config.json.")
     try:
         config = json.loads(path.read_text())

@@ -168,6 +168,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the model's own noise (z, eps) comes from the global stream
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.safetensors"
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.on_save = None  # called with no arguments after each checkpoint is written (rank 0)
 
     # -- checkpoints ------------------------------------------------------------------------
     def _rng_state(self, shuffle_state: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -181,6 +182,8 @@ class Trainer:
             return
         ckpt.save_checkpoint(self.checkpoint_path, self.model, self.optimizers, self._rng_state(shuffle_state),
                              vars(self.state), scalers=self.context.scaler_states())
+        if self.on_save is not None:
+            self.on_save()
 
     def restore(self) -> None:
         """Continue exactly where the last checkpoint stopped (weights, optimizers, RNG, position)."""
