@@ -18,10 +18,12 @@ import torch
 from .data import load_dataset
 from .errors import GenlabError, RunError
 from .fileio import atomic_write_json
+from .fileio import remove_orphan_tmp
 from .models.base import GenerativeModel
 from .models.registry import build_model, make_config, resolve
 from .training import distributed
 from .training.context import resolve_precision
+from .training.fingerprint import check_same_data, data_fingerprint
 from .training.run import load, load_run_dataset, model_from_config, next_free_dir, read_run_config, train_config_from, write_run_config
 from .training.trainer import Trainer, TrainConfig, TrainState, check_train_config, resolve_device
 
@@ -48,7 +50,8 @@ def _latest_samples(run_dir: Path) -> Path | None:
 def _data_record(dataset, spec_options: dict[str, Any]) -> dict[str, Any]:
     return {"spec": dataset.name, **spec_options, "image_shape": list(dataset.image_shape),
             "num_classes": dataset.num_classes, "class_names": dataset.class_names,
-            "train_size": len(dataset.train), "test_size": len(dataset.test), "origin": dataset.origin}
+            "train_size": len(dataset.train), "test_size": len(dataset.test), "origin": dataset.origin,
+            "fingerprint": data_fingerprint(dataset)}  # compared on resume (training.fingerprint)
 
 
 def _prepare_run_dir(out: str | Path | None, default_name: str, runs_root: str | Path, overwrite: bool) -> Path:
@@ -146,11 +149,17 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     with distributed.main_first():
         dataset = load_run_dataset(config, progress=progress and dist.is_main)
+    check_same_data(config["data"], dataset, run_dir)
+    torch.manual_seed(train_cfg.seed)  # train()'s initial weights, for a run killed before its first checkpoint
     net = model_from_config(config)
     trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress, device=this_device)
-    trainer.restore()
+    trainer.restore(missing_ok=True)
     if dist.is_main:
+        remove_orphan_tmp(run_dir)  # temporary files of writers killed mid-write
         config["train"] = dataclasses.asdict(train_cfg)
-        atomic_write_json(run_dir / "config.json", config)
+        try:
+            atomic_write_json(run_dir / "config.json", config)
+        except OSError as e:
+            raise trainer.write_failed(e, run_dir / "config.json") from None
     status = trainer.fit()
     return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))
