@@ -31,6 +31,7 @@ from genlab.data import load_dataset
 from genlab.errors import RunError
 from genlab.models.vae import MLPVAE, MLPVAEConfig
 from genlab.training import checkpoint as ckpt
+from genlab.training.fingerprint import check_same_data, data_fingerprint
 from genlab.training.trainer import Trainer, TrainConfig, finite_check_interval
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -124,7 +125,8 @@ def test_a_nan_just_before_a_due_save_leaves_the_last_good_checkpoint_bit_identi
     for name, data in model.copies.items():
         assert (folder / name).read_bytes() == data, name
     tensors, meta = ckpt.read_checkpoint(checkpoint_of(tmp_path))
-    assert meta["state"]["step"] == 20 and all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert meta["state"]["step"] == 20
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
 
 
 # -- 2. resumes whose data changed, or whose position is impossible --------------------------------
@@ -176,6 +178,18 @@ def test_the_fingerprint_of_unchanged_data_matches_and_the_resume_is_exact(tmp_p
     resumed = genlab.resume(tmp_path / "part", progress=False)
     assert resumed.status == "completed" and resumed.state.step == full.state.step == 27
     assert_same_weights(tmp_path / "full", tmp_path / "part")
+
+
+def test_a_large_split_is_fingerprinted_on_a_fixed_sample_that_still_sees_changes(digits):
+    limit = 64 * 100  # bytes: 100 of the 8x8 images, evenly spaced from the first to the last
+    fp = data_fingerprint(digits, limit=limit)
+    assert fp == data_fingerprint(digits, limit=limit) != data_fingerprint(digits)
+    changed = load_dataset("digits")
+    changed.train.images[-1] = 255 - changed.train.images[-1]  # the last image is always in the sample
+    assert data_fingerprint(changed, limit=limit)["train_sha256"] != fp["train_sha256"]
+    assert data_fingerprint(changed, limit=limit)["test_sha256"] == fp["test_sha256"]
+    with pytest.raises(RunError, match="the training images or labels differ"):
+        check_same_data({"spec": "digits", "fingerprint": fp}, changed, Path("run"))
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +254,8 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
 
 # -- 3. checkpoint metadata with missing fields or wrong types -------------------------------------
 
-JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**70), st.sampled_from([float("nan"), float("inf"), -1.0, 0.5, 1e300]),
-                        st.text(max_size=3), st.lists(st.integers(-2, 3), max_size=3), st.just({}), st.just({"0": 1}))
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**70),
+                        st.sampled_from([float("nan"), float("inf"), -1.0, 0.5, 1e300]), st.text(max_size=3), st.lists(st.integers(-2, 3), max_size=3), st.just({}), st.just({"0": 1}))
 
 
 def json_paths(obj, prefix=()):
@@ -402,7 +416,8 @@ def test_a_full_disk_while_resuming_gives_a_clear_error(tmp_path, monkeypatch, s
     run = copy_of(stopped_run, tmp_path / "run")
     config = (run / "config.json").read_bytes()
     DiskFull(monkeypatch, ".config.json.tmp-", 1)
-    with pytest.raises(RunError, match=r"disk full writing .*config.json; the last good checkpoint .* \(step 17\) is intact"):
+    with pytest.raises(RunError, match=r"disk full writing .*config.json; the last good checkpoint .* "
+                                       r"\(step 17\) is intact"):
         genlab.resume(run, progress=False)
     assert (run / "config.json").read_bytes() == config
 
@@ -509,7 +524,10 @@ class Zygote:
     def close(self):
         self.watchdog.cancel()
         self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a test failed while a child ran
+            self.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -519,20 +537,33 @@ def zygote(tmp_path_factory):
     z.close()
 
 
+def process_state(pid: int) -> str:
+    """R, S, T (stopped), Z ... from /proc; FileNotFoundError once the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def frozen_while_writing(pid: int, folder: Path, deadline: float) -> bool:
     """Wait for process ``pid`` to be writing a checkpoint file (its temporary file exists), then
-    stop it with SIGSTOP there; True once stopped mid-write, False if it ended first."""
+    stop it there with SIGSTOP; True once it is stopped mid-write, False if it ended first."""
     names = [f".last.safetensors.tmp-{pid}", f".last.json.tmp-{pid}"]
-    while time.time() < deadline:
-        if any((folder / n).exists() for n in names):
-            os.kill(pid, signal.SIGSTOP)
-            while Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in "TtZ":
-                time.sleep(0.001)
-            if any((folder / n).exists() for n in names):
-                return True
-            os.kill(pid, signal.SIGCONT)
-        elif not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]:
-            return False
+
+    def writing() -> bool:
+        return any((folder / n).exists() for n in names)
+
+    try:
+        while time.time() < deadline:
+            if writing():
+                os.kill(pid, signal.SIGSTOP)
+                while process_state(pid) not in "TtZ":
+                    time.sleep(0.0002)
+                if writing():
+                    return True
+                os.kill(pid, signal.SIGCONT)  # the write had just finished: wait for the next one
+            elif process_state(pid) == "Z":
+                return False
+            time.sleep(0.0002)
+    except (FileNotFoundError, ProcessLookupError):  # it ended
+        return False
     return False
 
 

@@ -255,10 +255,12 @@ def _check_optimizer(name: str, opt: torch.optim.Optimizer, entry: Any, tensors:
                            f"lacks {', '.join(sorted(expected - have))}")
 
 
-def load_optimizers(optimizers: dict[str, torch.optim.Optimizer], tensors, meta, path: Path | str = "(unnamed)") -> None:
+def load_optimizers(optimizers: dict[str, torch.optim.Optimizer], tensors, meta,
+                    path: Path | str = "(unnamed)") -> None:
     saved = meta.get("optimizers")
     if not isinstance(saved, dict):
-        raise _bad(path, "the field 'optimizers'", "is missing" if saved is None else f"is {_kind(saved)}, not an object")
+        raise _bad(path, "the field 'optimizers'",
+                   "is missing" if saved is None else f"is {_kind(saved)}, not an object")
     for name, opt in optimizers.items():
         _check_optimizer(name, opt, saved.get(name), tensors, path)
     for name, opt in optimizers.items():

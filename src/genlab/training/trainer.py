@@ -265,16 +265,18 @@ class Trainer:
     def write_failed(self, e: OSError, what: str | Path) -> RunError:
         """The error for a failed write (a full disk, mostly): what failed, that the last checkpoint
         (whatever is on disk now) is intact, and how to go on."""
-        cause = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"error {e.strerror or e}"
-        return RunError(f"{cause} writing {what}; {self._last_good()} Free space and resume with "
-                        f"`genlab train --resume {self.run_dir}`.")
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        cause = "disk full" if full else f"error {e.strerror or e}"
+        return RunError(f"{cause} writing {what}; {self._last_good()} {'Free space' if full else 'Fix that'} and "
+                        f"resume with `genlab train --resume {self.run_dir}`.")
 
     def _last_good(self) -> str:
         """A sentence on the checkpoint now on disk, read from its header."""
         step = ckpt.saved_step(self.checkpoint_path)
+        if step is None and not self.checkpoint_path.exists():
+            return "no checkpoint had been written yet (a resume starts the run over)."
         if step is None:
-            return ("no checkpoint had been written yet (a resume starts the run over)."
-                    if not self.checkpoint_path.exists() else f"the checkpoint {self.checkpoint_path} was left as it was.")
+            return f"the checkpoint {self.checkpoint_path} was left as it was."
         return f"the last good checkpoint {self.checkpoint_path} (step {step}) is intact."
 
     # -- logging ----------------------------------------------------------------------------
@@ -574,7 +576,8 @@ class Trainer:
     def _diverged(self, logs: dict[str, torch.Tensor], here: bool, what: str | None = None) -> None:
         bad = {k: v.item() for k, v in logs.items() if not math.isfinite(v.item())} if here else {}
         if what is None:
-            what = ", ".join(f"{k} = {v}" for k, v in bad.items()) if bad else "a loss in another process became non-finite"
+            what = (", ".join(f"{k} = {v}" for k, v in bad.items()) if bad
+                    else "a loss in another process became non-finite")
         step, since = self.state.step, self._checked_step + 1
         when = f"at step {step}" if since >= step else f"between steps {since} and {step}"
         try:
