@@ -22,6 +22,7 @@ from .models.base import GenerativeModel
 from .models.registry import build_model, make_config, resolve
 from .training import distributed
 from .training.context import resolve_precision
+from .training.fingerprint import check_same_data, data_fingerprint
 from .training.lock import (Claim, FolderLock, check_replaceable, describe_holder, holds_files, live_holder, say,
                             settle_leftover)
 from .training.lock import replace as replace_folder
@@ -52,7 +53,8 @@ def _latest_samples(run_dir: Path) -> Path | None:
 def _data_record(dataset, spec_options: dict[str, Any]) -> dict[str, Any]:
     return {"spec": dataset.name, **spec_options, "image_shape": list(dataset.image_shape),
             "num_classes": dataset.num_classes, "class_names": dataset.class_names,
-            "train_size": len(dataset.train), "test_size": len(dataset.test), "origin": dataset.origin}
+            "train_size": len(dataset.train), "test_size": len(dataset.test), "origin": dataset.origin,
+            "fingerprint": data_fingerprint(dataset)}  # compared on resume (training.fingerprint)
 
 
 def _on_main(work):
@@ -263,6 +265,7 @@ def _resume_locked(run_dir: Path, held: Claim | None, config: dict[str, Any], ch
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     with distributed.main_first():
         dataset = load_run_dataset(config, progress=progress and dist.is_main)
+    check_same_data(config["data"], dataset, run_dir)
     # a run stopped before its first checkpoint has nothing to continue from: it starts from scratch
     fresh = distributed.broadcast_object(not (run_dir / "checkpoints" / "last.safetensors").is_file()
                                          if dist.is_main else None)
@@ -281,6 +284,9 @@ def _resume_locked(run_dir: Path, held: Claim | None, config: dict[str, Any], ch
         trainer.on_save = held.saved
     if dist.is_main:
         config["train"] = dataclasses.asdict(train_cfg)
-        atomic_write_json(run_dir / "config.json", config)
+        try:
+            atomic_write_json(run_dir / "config.json", config)
+        except OSError as e:
+            raise trainer.write_failed(e, run_dir / "config.json") from None
     status = trainer.fit()
     return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))

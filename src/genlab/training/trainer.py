@@ -13,6 +13,7 @@ processes together every ``log_every`` steps, so every collective is reached by 
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import signal
@@ -94,6 +95,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def finite_check_interval(device: torch.device, log_every: int) -> int:
+    """Steps between checks that the losses are finite (besides the check before every checkpoint):
+    every step on the CPU, where reading a loss costs nothing, and every ``log_every`` steps on an
+    accelerator, where reading one waits for the device to finish its queued work."""
+    return 1 if device.type == "cpu" else max(1, int(log_every))
+
+
 def check_train_config(config: TrainConfig, device: torch.device, world_size: int = 1) -> None:
     """Clear errors for settings this device or process count cannot train with, before a run
     folder is made."""
@@ -169,6 +177,8 @@ class Trainer:
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.safetensors"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.on_save = None  # called with no arguments after each checkpoint is written (rank 0)
+        self.check_every = finite_check_interval(self.device, config.log_every)  # steps between finite checks
+        self._checked_step = 0  # the step up to which the losses are known to be finite
 
     # -- checkpoints ------------------------------------------------------------------------
     def _rng_state(self, shuffle_state: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -178,43 +188,106 @@ class Trainer:
         return rng
 
     def save(self, shuffle_state: torch.Tensor) -> None:
+        """Checkpoint the run, after checking that every tensor it would write is finite (every
+        process checks its own copy of the weights, the same in all of them, so all stop together)."""
+        self._check_weights_finite()
         if not self.is_main:
             return
-        ckpt.save_checkpoint(self.checkpoint_path, self.model, self.optimizers, self._rng_state(shuffle_state),
-                             vars(self.state), scalers=self.context.scaler_states())
+        try:
+            ckpt.save_checkpoint(self.checkpoint_path, self.model, self.optimizers, self._rng_state(shuffle_state),
+                                 vars(self.state), scalers=self.context.scaler_states())
+        except OSError as e:
+            raise self.write_failed(e, f"the checkpoint {self.checkpoint_path}") from None
         if self.on_save is not None:
             self.on_save()
 
     def restore(self) -> None:
-        """Continue exactly where the last checkpoint stopped (weights, optimizers, RNG, position)."""
-        tensors, meta = ckpt.read_checkpoint(self.checkpoint_path)
-        ckpt.load_model_weights(self.model, tensors, self.checkpoint_path)
-        ckpt.load_optimizers(self.optimizers, tensors, meta)
+        """Continue exactly where the last checkpoint stopped (weights, optimizers, RNG, position).
+        Every field is checked before use (a RunError names the checkpoint and the field); whether
+        the position fits the data is checked when training starts (``_check_position``). A run with
+        no checkpoint yet is started over by ``genlab.resume``, not restored."""
+        path = self.checkpoint_path
+        tensors, meta = ckpt.read_checkpoint(path)
+        state = ckpt.state_from_meta(meta, path, TrainState)
+        rng = ckpt.rng_from_tensors(tensors, path)
+        scalers = meta.get("scalers", {})
+        if not (isinstance(scalers, dict) and all(isinstance(v, dict) for v in scalers.values())):
+            raise RunError(f"checkpoint {path} is not usable: the field 'scalers' is {scalers!r:.80}, not an object "
+                           "of loss-scaler states. Restore it from a copy, or delete the run's checkpoints folder.")
+        ckpt.load_model_weights(self.model, tensors, path)
+        ckpt.load_optimizers(self.optimizers, tensors, meta, path)
         if self.channels_last:
             speed.match_optimizer_layout(self.optimizers)
-        self.context.load_scaler_states(meta.get("scalers", {}))
-        rng = ckpt.rng_from_tensors(tensors)
-        torch.set_rng_state(rng["torch"])
-        self.shuffle.set_state(rng["shuffle"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.state = TrainState(**meta["state"])
-        self._truncate_metrics(self.state.step)
+        try:
+            self.context.load_scaler_states(scalers)
+            torch.set_rng_state(rng["torch"])
+            self.shuffle.set_state(rng["shuffle"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise RunError(f"checkpoint {path} is not usable: its loss-scaler or random-generator states do not "
+                           f"load ({e}). Restore it from a copy, or delete the run's checkpoints folder.") from None
+        self.state = state
+        self._checked_step = state.step
+        # a checkpoint taken inside an epoch (batch_in_epoch > 0) precedes that epoch's end, even at the
+        # same step: the end-of-epoch work (its log line among it) is done again after the resume
+        self._truncate_metrics(self.state.step, epoch_end_done=self.state.batch_in_epoch == 0)
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint: those steps are about to be trained again."""
+    def _check_position(self, steps_per_epoch: int) -> None:
+        """The restored position must be one this data can reach: at most ``steps_per_epoch`` batches
+        into the epoch, and ``step`` = epoch x steps_per_epoch + batch_in_epoch. A checkpoint of data
+        that has since shrunk or grown (or an edited one) fails here instead of looping forever."""
+        st, cfg = self.state, self.config
+        expected = st.epoch * steps_per_epoch + st.batch_in_epoch
+        if st.batch_in_epoch <= steps_per_epoch and st.step == expected:
+            return
+        raise RunError(f"checkpoint {self.checkpoint_path} stopped at step {st.step}, epoch {st.epoch + 1}, batch "
+                       f"{st.batch_in_epoch}, which this data cannot reach: its {len(self.dataset.train)} training "
+                       f"images in batches of {cfg.batch_size} make {steps_per_epoch} steps an epoch"
+                       + (f" (so that position would be step {expected})." if st.batch_in_epoch <= steps_per_epoch
+                          else ".")
+                       + " The training data changed since the checkpoint was written, or the checkpoint was "
+                       "edited: resume with the data the run was trained on, or start a new run.")
+
+    def _truncate_metrics(self, step: int, epoch_end_done: bool = True) -> None:
+        """Drop log lines written after the checkpoint: those steps are about to be trained again
+        (and, unless ``epoch_end_done``, the end of the epoch at ``step``, which is about to be redone)."""
         if not (self.is_main and self.metrics_path.exists()):
             return
         lines = self.metrics_path.read_bytes().split(b"\n")
         records = read_jsonl(self.metrics_path)  # a torn or garbled line is dropped here too
-        keep = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step]
+        keep = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step
+                and (epoch_end_done or r.get("step") != step or r.get("event") != "epoch_end")]
         if len(keep) != sum(1 for ln in lines if ln.strip()):
-            atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+            try:
+                atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+            except OSError as e:
+                raise self.write_failed(e, self.metrics_path) from None
+
+    def write_failed(self, e: OSError, what: str | Path) -> RunError:
+        """The error for a failed write (a full disk, mostly): what failed, that the last checkpoint
+        (whatever is on disk now) is intact, and how to go on."""
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        cause = "disk full" if full else f"error {e.strerror or e}"
+        return RunError(f"{cause} writing {what}; {self._last_good()} {'Free space' if full else 'Fix that'} and "
+                        f"resume with `genlab train --resume {self.run_dir}`.")
+
+    def _last_good(self) -> str:
+        """A sentence on the checkpoint now on disk, read from its header."""
+        step = ckpt.saved_step(self.checkpoint_path)
+        if step is None and not self.checkpoint_path.exists():
+            return "no checkpoint had been written yet (a resume starts the run over)."
+        if step is None:
+            return f"the checkpoint {self.checkpoint_path} was left as it was."
+        return f"the last good checkpoint {self.checkpoint_path} (step {step}) is intact."
 
     # -- logging ----------------------------------------------------------------------------
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.is_main:
-            append_line(self.metrics_path, json.dumps(record))
+            try:
+                append_line(self.metrics_path, json.dumps(record))
+            except OSError as e:  # append_line has cut the partial line: every complete line survives
+                raise self.write_failed(e, self.metrics_path) from None
 
     def _say(self, msg: str) -> None:
         """A line for the user (epoch summaries, stop notices); the bar alone follows ``progress``."""
@@ -231,7 +304,11 @@ class Trainer:
         images = self.model.sample(self.config.num_samples, generator=gen)
         self.model.train()
         epoch = self.state.epoch if epoch is None else epoch
-        return save_grid(images, self.run_dir / "samples" / f"epoch-{epoch:04d}.png")
+        path = self.run_dir / "samples" / f"epoch-{epoch:04d}.png"
+        try:
+            return save_grid(images, path)
+        except OSError as e:
+            raise self.write_failed(e, f"the sample grid {path}") from None
 
     def evaluate(self) -> dict[str, float]:
         test = self.dataset.test
@@ -274,6 +351,7 @@ class Trainer:
         if steps_per_epoch == 0:
             raise RunError(f"batch size {cfg.batch_size} is larger than the {len(train)} training images "
                            "and drop_last is set: lower --batch-size.")
+        self._check_position(steps_per_epoch)
         total = cfg.epochs * steps_per_epoch
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
@@ -290,7 +368,6 @@ class Trainer:
                    disable=not (self.progress and self.is_main and sys.stderr.isatty()), desc=self.run_dir.name)
         sums: dict[str, torch.Tensor] = {}
         count, window_images, window_start = 0, 0, time.perf_counter()
-        check_every = 1 if self.device.type == "cpu" else cfg.log_every  # a finite check waits for the device
         status = "completed"
         last_save = time.monotonic()
         warmup = bool(self.compiled)  # the first step compiles: timed apart
@@ -321,6 +398,9 @@ class Trainer:
 
         with _StopRequest(self._say) as stop:
             while st.epoch < cfg.epochs and status == "completed":
+                if stop.requested and not self.dist.active:  # one that came during the last epoch's end
+                    status = "interrupted"  # (its checkpoint is saved); under torchrun: at the next agreement
+                    break
                 epoch_start_state = self.shuffle.get_state()
                 t0 = time.perf_counter()
                 for batch in batches.epoch(start=st.batch_in_epoch):
@@ -354,8 +434,8 @@ class Trainer:
                             stopping, time_up, save_due = self._agree(sums, stopping, time_up, save_due)
                         else:
                             stopping = time_up = save_due = False
-                    elif st.step % check_every == 0:
-                        self._check_finite(logs)
+                    elif st.step % self.check_every == 0 or st.step % cfg.log_every == 0 or save_due:
+                        self._check_finite(sums)  # the losses since the last log line: before it, or a save
                     bar.update(1)
                     if st.step % cfg.log_every == 0:
                         st.train_seconds += time.perf_counter() - t0
@@ -381,7 +461,11 @@ class Trainer:
                         status = "interrupted"
                 else:
                     self._check_finite(sums)
+                self._check_weights_finite()  # before the epoch's evaluation and sample grid
                 flush()
+                if status == "completed" and st.batch_in_epoch != steps_per_epoch:  # never loop without progress
+                    raise RunError(f"epoch {st.epoch + 1} ended after {st.batch_in_epoch} of its {steps_per_epoch} "
+                                   "batches: the run's position does not fit its data; start a new run.")
                 if st.batch_in_epoch == steps_per_epoch:  # the epoch is complete
                     st.epoch += 1
                     st.batch_in_epoch = 0
@@ -422,6 +506,7 @@ class Trainer:
         stop, time_up, save_due, diverged = distributed.any_true([stop, time_up, save_due, not finite], self.device)
         if diverged:
             self._diverged(logs, here=not finite)
+        self._checked_step = self.state.step
         return stop, time_up, save_due
 
     def _fit_prior(self, due: bool = True) -> dict[str, float]:
@@ -470,15 +555,38 @@ class Trainer:
         return bool(torch.isfinite(values).all())
 
     def _check_finite(self, logs: dict[str, torch.Tensor]) -> None:
+        """``logs``: the losses summed since the last log line (a non-finite one stays non-finite in the sum)."""
         if not self._all_finite(logs):
             self._diverged(logs, here=True)
+        self._checked_step = self.state.step
 
-    def _diverged(self, logs: dict[str, torch.Tensor], here: bool) -> None:
+    def _check_weights_finite(self) -> None:
+        """Stop (as for a non-finite loss) if a weight or an optimizer state tensor is not finite,
+        so that a checkpoint never holds NaN weights: a step can turn the weights non-finite while
+        its own loss, computed before the update, is still finite."""
+        named = [(f"model {k}", v) for k, v in self.model.state_dict().items()]
+        for name, opt in self.optimizers.items():
+            named += [(f"optimizer {name} {k}", v) for state in opt.state.values() for k, v in state.items()]
+        named = [(k, v) for k, v in named if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(v).all() for _, v in named])
+        if not bool(finite.all()):
+            first = named[int((~finite).nonzero()[0])][0]
+            self._diverged({}, here=True, what=f"the weights became non-finite ({first})")
+
+    def _diverged(self, logs: dict[str, torch.Tensor], here: bool, what: str | None = None) -> None:
         bad = {k: v.item() for k, v in logs.items() if not math.isfinite(v.item())} if here else {}
-        what = ", ".join(f"{k} = {v}" for k, v in bad.items()) if bad else "a loss in another process became non-finite"
-        self._write_metrics({"step": self.state.step, "event": "non_finite_loss", **{k: str(v) for k, v in bad.items()}})
-        last = (f"The last good checkpoint is {self.checkpoint_path}; it was left untouched."
-                if self.checkpoint_path.exists() else "No checkpoint had been written yet.")
-        raise RunError(f"training diverged: {what} at step "
-                       f"{self.state.step} (epoch {self.state.epoch + 1}). {last} Try a lower learning rate "
-                       "(--lr) or a different seed; resume with `genlab train --resume RUN`.")
+        if what is None:
+            what = (", ".join(f"{k} = {v}" for k, v in bad.items()) if bad
+                    else "a loss in another process became non-finite")
+        step, since = self.state.step, self._checked_step + 1
+        when = f"at step {step}" if since >= step else f"between steps {since} and {step}"
+        try:
+            self._write_metrics({"step": step, "event": "non_finite_loss", **{k: str(v) for k, v in bad.items()}})
+        except RunError:  # a full disk: the divergence is the error to report
+            pass
+        last = self._last_good()
+        raise RunError(f"training diverged: {what} {when} (epoch {self.state.epoch + 1}). "
+                       f"{last[0].upper()}{last[1:]} Try a lower learning rate (--lr) or a different "
+                       "seed, or resume with `genlab train --resume RUN`.")
