@@ -662,3 +662,17 @@ def test_sigterm_in_the_first_epoch_leaves_a_resumable_run(tmp_path, zygote):
     assert meta["state"]["epoch"] == 0 and 0 < meta["state"]["batch_in_epoch"] < 360
     assert zygote.run("term-test", run) == 0
     assert_same_weights(tmp_path / "reference", run)
+
+
+def test_a_full_disk_while_a_new_run_writes_its_config_is_a_clear_error(tmp_path, monkeypatch):
+    import genlab.api
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(genlab.api, "write_run_config", full)
+    with pytest.raises(RunError, match=r"disk full writing .*config\.json: the run could not start"):
+        genlab.train("mlp-vae", "digits", out=tmp_path / "run", max_steps=1, progress=False, **SMALL)
+    monkeypatch.undo()  # space freed: the same command now works in the same folder
+    assert genlab.train("mlp-vae", "digits", out=tmp_path / "run", max_steps=1, progress=False,
+                        **SMALL).state.step == 1

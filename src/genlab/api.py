@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,11 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
                                                          else str(Path(data_dir).resolve()),
                                                          "image_size": image_size, "channels": channels}),
                              parameters=net.parameter_count())
+        except OSError as e:
+            held.release()
+            cause = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+            raise RunError(f"{cause} writing {held.folder / 'config.json'}: the run could not start. Free space "
+                           f"(or fix that) and run the command again.") from None
         except BaseException:
             held.release()
             raise
