@@ -132,9 +132,9 @@ _RULES: dict[str, dict[str, Rule]] = {
         "lr": _LR, "beta1": _DECAY, "beta2": _DECAY,
     },
     "TrainConfig": {
-        "epochs": _SIZE, "batch_size": _SIZE, "seed": Rule(min=0, max=2 ** 64 - 1), "max_steps": _SIZE,
+        "epochs": _SIZE, "batch_size": _SIZE, "seed": Rule(min=-2 ** 63, max=2 ** 64 - 1), "max_steps": _SIZE,
         "max_seconds": Rule(above=0.0), "log_every": _SIZE, "sample_every": _COUNT, "num_samples": _SIZE,
-        "checkpoint_minutes": Rule(above=0.0), "precision": Rule(choices=_precisions),
+        "checkpoint_minutes": Rule(min=0.0), "precision": Rule(choices=_precisions),
         "lr_schedule": Rule(choices=_lr_schedules),
     },
 }
@@ -193,7 +193,8 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(show(a) for a in args)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_plural(args[0])}, e.g. [512, 256]" if args[0] is int else f"a list of {_plural(args[0])}"
+            example = ", e.g. [512, 256]" if args[0] is int else ""
+            return f"a list of {_plural(args[0])}{example}"
         if len(set(args)) == 1:
             return f"a list of {len(args)} {_plural(args[0])}"
         return f"a list of {len(args)} items ({', '.join(_describe(a) for a in args)})"
