@@ -138,7 +138,8 @@ def test_known_bad_set_values_are_named():
              ("mlp-vae", {"seed": 3}, "unknown setting(s) 'seed'"),
              ("mlp-gan", {"hidden": [256]}, "hidden = [256] is not valid: expected an integer"),
              ("conv-gan", {"spectral_norm": "yes"}, "spectral_norm = 'yes' is not valid: expected true or false"),
-             ("conv-vae", {"likelihood": "poisson"}, "likelihood = 'poisson' is not valid: expected one of"),
+             ("mlp-vae", {"activation": "gelu"}, "activation = 'gelu' is not valid: expected one of 'relu'"),
+             ("conv-vae", {"likelihood": 3}, "likelihood = 3 is not valid: expected a string"),
              ("conv-gan", {"ema_decay": 1.0}, "ema_decay = 1.0 is not valid: expected a value >= 0 and < 1")]
     for model, values, expected in cases:
         with pytest.raises(GenlabError) as e:

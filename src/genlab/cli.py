@@ -265,13 +265,14 @@ def _describe_os_error(e: OSError, args) -> str:
     """One line for a failed file operation: the file (or the command's output), the problem, what to do."""
     import errno
 
-    name = e.filename or e.filename2
-    if name is None:  # raised mid-write (a full disk): name what the command was writing
+    if e.filename is None:  # raised mid-write (a full disk): name what the command was writing
         target = next((getattr(args, a) for a in ("output", "out", "resume", "run", "out_root")
                        if getattr(args, a, None)), None)
         where = f"while writing {target}" if target else "while reading or writing a file"
+    elif e.filename2 is not None:  # a rename or copy: both ends
+        where = f"{e.filename} -> {e.filename2}"
     else:
-        where = str(name)
+        where = str(e.filename)
     advice = {errno.ENOSPC: "the disk is full: free some space or write elsewhere (--out / -o)",
               errno.EDQUOT: "the disk quota is exhausted: free some space or write elsewhere",
               errno.EACCES: "permission denied: check the file's permissions or choose another path",

@@ -65,18 +65,6 @@ def _gan_losses() -> tuple[str, ...]:
     return tuple(GAN_LOSSES)
 
 
-def _priors() -> tuple[str, ...]:
-    from .models.priors import PRIORS
-
-    return tuple(PRIORS)
-
-
-def _upsamplers() -> tuple[str, ...]:
-    from .nets.conv import UPSAMPLERS
-
-    return tuple(UPSAMPLERS)
-
-
 def _precisions() -> tuple[str, ...]:
     from .training.context import AUTO, PRECISIONS
 
@@ -89,12 +77,6 @@ def _lr_schedules() -> tuple[str, ...]:
     return tuple(LR_SCHEDULES)
 
 
-def _likelihoods() -> tuple[str, ...]:
-    from .models.conv_vae import DECODER_MAPS
-
-    return tuple(DECODER_MAPS)
-
-
 _SIZE = Rule(min=1, max=SIZE_LIMIT)
 _COUNT = Rule(min=0, max=SIZE_LIMIT)
 _WIDTHS = Rule(min=1, max=SIZE_LIMIT, items=True)
@@ -103,14 +85,14 @@ _LR = Rule(above=0.0)
 _DECAY = Rule(min=0.0, below=1.0)
 _FRACTION = Rule(min=0.0, below=1.0)
 
-# Ranges and choices of genlab's own configs, by class name then field. Fields that a model's own
-# constructor already checks with a clear message are listed too, so that one checker says it first.
+# Ranges and choices of genlab's own configs, by class name then field. Settings that a model's own
+# constructor already refuses with a clear message (prior, prior_fit_every, likelihood, upsample, n_critic,
+# iwae_k, encoder_refit_*) are left to it; their types are still checked here.
 _RULES: dict[str, dict[str, Rule]] = {
     "MLPVAEConfig": {
         "hidden": _WIDTHS, "decoder_hidden": _WIDTHS, "z_dim": _SIZE, "activation": Rule(choices=_activations),
-        "lr": _LR, "beta": _WEIGHT, "kl_warmup_steps": _COUNT, "prior": Rule(choices=_priors),
-        "prior_components": _SIZE, "prior_fit_images": _SIZE, "prior_fit_every": _SIZE, "ema_decay": _DECAY,
-        "encoder_refit_from_step": _COUNT, "encoder_refit_fraction": _FRACTION,
+        "lr": _LR, "beta": _WEIGHT, "kl_warmup_steps": _COUNT, "prior_components": _COUNT,
+        "prior_fit_images": _COUNT, "ema_decay": _DECAY,
     },
     "MLPGANConfig": {
         "z_dim": _SIZE, "hidden": _SIZE, "g_activation": Rule(choices=_activations),
@@ -118,13 +100,12 @@ _RULES: dict[str, dict[str, Rule]] = {
         "beta1": _DECAY, "beta2": _DECAY,
     },
     "ConvVAEConfig": {
-        "z_dim": _SIZE, "width": _SIZE, "likelihood": Rule(choices=_likelihoods), "gaussian_std": _WEIGHT,
-        "beta": _WEIGHT, "kl_warmup_steps": _COUNT, "iwae_k": _SIZE, "prior": Rule(choices=_priors),
-        "prior_components": _SIZE, "prior_fit_images": _SIZE, "prior_fit_every": _SIZE, "lr": _LR,
+        "z_dim": _SIZE, "width": _SIZE, "gaussian_std": _WEIGHT, "beta": _WEIGHT, "kl_warmup_steps": _COUNT,
+        "iwae_k": Rule(max=SIZE_LIMIT), "prior_components": _COUNT, "prior_fit_images": _COUNT, "lr": _LR,
     },
     "DCGANConfig": {
-        "z_dim": _SIZE, "width": _SIZE, "upsample": Rule(choices=_upsamplers), "loss": Rule(choices=_gan_losses),
-        "gp_weight": _WEIGHT, "r1_gamma": _WEIGHT, "n_critic": _SIZE, "lr": _LR, "d_lr": _WEIGHT,
+        "z_dim": _SIZE, "width": _SIZE, "loss": Rule(choices=_gan_losses), "gp_weight": _WEIGHT,
+        "r1_gamma": _WEIGHT, "n_critic": Rule(max=SIZE_LIMIT), "lr": _LR, "d_lr": _WEIGHT,
         "beta1": _DECAY, "beta2": _DECAY, "ema_decay": _DECAY,
     },
     "VAEGANConfig": {
