@@ -112,3 +112,156 @@ def test_conditional_sampling_by_label_and_one_row_per_class(tmp_path, vae_run):
     assert r.returncode == 2 and "between 0 and 9" in r.stderr
     r = genlab("sample", vae_run, "--label", "1")
     assert r.returncode == 2 and "unconditional" in r.stderr
+
+
+# ----------------------------------------------------------------------------- bad input: one clear line
+
+def run_main(capsys, *args):
+    """``genlab ARGS`` in this process: (exit code, stdout, stderr)."""
+    from genlab.cli import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_clear_error(rc, err, command, expected):
+    lines = err.strip().splitlines()
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1 and lines[0].startswith(f"genlab {command}: error: "), err
+    assert expected in lines[0], (expected, err)
+    assert "Traceback" not in err
+
+
+def test_bad_numeric_options_and_set_values_are_refused_before_any_work(capsys, vae_run, monkeypatch, one_thread):
+    monkeypatch.setenv("GENLAB_MEMORY_LIMIT", "1G")
+    cases = [
+        (["train", "seed-vae", "--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["train", "seed-vae", "--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["train", "seed-vae", "--lr", "-0.1"], "--lr must be greater than 0, got -0.1"),
+        (["train", "seed-vae", "--lr", "0"], "--lr must be greater than 0"),
+        (["train", "seed-vae", "--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["train", "seed-vae", "--batch-size", "-5"], "--batch-size must be at least 1, got -5"),
+        (["train", "seed-vae", "--max-steps", "0"], "--max-steps must be at least 1"),
+        (["train", "seed-vae", "--max-minutes", "nan"], "--max-minutes must be a finite number"),
+        (["train", "seed-vae", "--seed", "-1"], "--seed must be at least 0"),
+        (["train", "seed-vae", "--seed", str(2 ** 64)], "at most 18446744073709551615"),
+        (["train", "seed-vae", "--image-size", "0"], "--image-size must be at least 1"),
+        (["train", "seed-vae", "--set", "hidden=512"], "--set hidden = 512 is not valid: expected a list of integers"),
+        (["train", "seed-vae", "--set", "z_dim=abc"], "--set z_dim = 'abc' is not valid: expected an integer"),
+        (["train", "seed-vae", "--set", "lr=NaN"], "--set lr = nan is not valid: expected a finite number"),
+        (["train", "seed-vae", "--set", "seed=3"], "unknown setting(s) 'seed'"),
+        (["train", "seed-gan", "--set", "hidden=[256]"], "--set hidden = [256] is not valid: expected an integer"),
+        (["train", "seed-vae", "--set", "hidden=[1000000,1000000]", "--out", vae_run.parent / "big"],
+         "would need about 29.1 TB of memory, but only 1.0 GB is available (GENLAB_MEMORY_LIMIT=1G)"),
+        (["sample", vae_run, "-n", "0"], "-n must be at least 1, got 0"),
+        (["sample", vae_run, "--truncation", "nan"], "--truncation must be a finite number"),
+        (["sample", vae_run, "-n", "100000000"],
+         "100,000,000 images of 1x8x8 (genlab sample) would need about 47.7 GB"),
+        (["sample", vae_run, "--per-class", "1000000000"], "unconditional"),
+        (["reconstruct", vae_run, "-n", "-3"], "-n must be at least 1"),
+        (["interpolate", vae_run, "--steps", "1"], "--steps must be at least 2, got 1"),
+        (["interpolate", vae_run, "--pairs", "0"], "--pairs must be at least 1"),
+        (["interpolate", vae_run, "--steps", "1000000000"], "images of 1x8x8 (genlab interpolate)"),
+        (["traverse", vae_run, "--range", "inf"], "--range must be a finite number"),
+        (["traverse", vae_run, "--steps", "1"], "--steps must be at least 2"),
+        (["eval", vae_run, "-n", "1"], "-n must be at least 2"),
+        (["eval", vae_run, "--likelihood-k", "0"], "--likelihood-k must be at least 1"),
+        (["compare", "--models", "seed-vae", "--samples", "1"], "--samples must be at least 2"),
+        (["evaluator", "train", "--epochs", "0"], "--epochs must be at least 1"),
+    ]
+    for args, expected in cases:
+        rc, out, err = run_main(capsys, *args)
+        assert_clear_error(rc, err, args[0], expected)
+    assert not (vae_run.parent / "big").exists()
+
+
+def test_damaged_sample_files_for_eval_are_data_errors(capsys, tmp_path):
+    x = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
+    np.save(tmp_path / "samples.npy", x)
+    np.savez_compressed(tmp_path / "good.npz", images=x)
+    raw = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    flipped = bytearray(raw)
+    for i in range(120, 600):  # inside the deflate stream of images.npy
+        flipped[i] ^= 0x5A
+    (tmp_path / "corrupt.npz").write_bytes(bytes(flipped))
+    np.savez(tmp_path / "objects.npz", images=np.array([None, 1], dtype=object))
+    cases = [("samples.npy", "is not an .npz file (a single .npy array)"),
+             ("cut.npz", "is not an .npz file (not a zip archive, or cut short)"),
+             ("corrupt.npz", "corrupt.npz is not a readable .npz file"),
+             ("objects.npz", "'images' has dtype object")]
+    for name, expected in cases:
+        rc, out, err = run_main(capsys, "eval", "--samples", tmp_path / name, "--data", "digits")
+        assert_clear_error(rc, err, "eval", expected)
+        assert str(tmp_path / name) in err
+
+
+def test_damaged_config_json_is_one_line_naming_file_field_and_type(capsys, vae_run, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    monkeypatch.setenv("GENLAB_MEMORY_LIMIT", "1G")
+    run = tmp_path / "run"
+    shutil.copytree(vae_run, run)
+    good = json.loads((run / "config.json").read_text())
+
+    def edited(**sections):
+        doc = json.loads(json.dumps(good))
+        for section, values in sections.items():
+            doc[section].update(values)
+        return json.dumps(doc).encode()
+
+    cases = [(b"\xff\xfe\x00{", "is not UTF-8"),
+             (b"[1, 2, 3]", "not a JSON object"),
+             (edited(model_config={"hidden": 512}),
+              "model_config.hidden = 512 is not valid: expected a list of integers"),
+             (edited(model_config={"lr": "fast"}), "model_config.lr = 'fast' is not valid: expected a number"),
+             (edited(train={"batch_size": [128]}), "train.batch_size = [128] is not valid: expected an integer"),
+             (edited(data={"image_shape": "1x8x8"}), "data.image_shape = '1x8x8' is not valid"),
+             (edited(model_config={"hidden": [1_000_000, 1_000_000]}), "of memory, but only 1.0 GB is available")]
+    for raw, expected in cases:
+        (run / "config.json").write_bytes(raw)
+        for command in (["sample", run, "-n", "4", "-o", tmp_path / "s.png"], ["train", "--resume", run]):
+            rc, out, err = run_main(capsys, *command)
+            assert_clear_error(rc, err, command[0], expected)
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_file_system_errors_are_one_line_naming_the_file(capsys, vae_run, tmp_path, monkeypatch):
+    import errno
+
+    import genlab.fileio
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc, out, err = run_main(capsys, "sample", vae_run, "-n", "4", "-o", blocker / "grid.png")
+    assert_clear_error(rc, err, "sample", f"{blocker}: a file is in the way where a folder is needed")
+
+    def full_disk(fd):  # the disk fills while the grid is written: fsync reports it, as on NFS or ext4
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out_file = tmp_path / "grid.png"
+    monkeypatch.setattr(genlab.fileio.os, "fsync", full_disk)
+    rc, out, err = run_main(capsys, "sample", vae_run, "-n", "4", "-o", out_file)
+    monkeypatch.undo()
+    assert_clear_error(rc, err, "sample", f"while writing {out_file}: the disk is full")
+    assert list(tmp_path.iterdir()) == [blocker]  # neither the grid nor its temporary file was left
+
+
+def test_a_write_cut_short_by_the_file_size_limit_is_one_line(vae_run, tmp_path):
+    """A real mid-write failure in a child process: RLIMIT_FSIZE stops the .npz at 4 KB (EFBIG)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    out_file = tmp_path / "big.npz"
+    env = {**os.environ, "PYTHONPATH": SRC, "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run([sys.executable, "-m", "genlab", "sample", str(vae_run), "-n", "2000", "-o", str(out_file)],
+                       env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert_clear_error(r.returncode, r.stderr, "sample", "")
+    assert str(out_file) in r.stderr and "ulimit -f" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # no torn .npz, no temporary file

@@ -418,3 +418,98 @@ def test_an_old_vae_evaluation_without_per_image_likelihoods_is_redone(compared,
         assert set(rewritten) == set(good_values)
         assert all(bool((rewritten[k] == v).all()) for k, v in good_values.items())
         assert again.results["models"][0]["metrics"]["fid"] == res.results["models"][0]["metrics"]["fid"]
+
+
+# ----------------------------------------------------------------------------- hostile and damaged files
+
+def test_a_forged_eval_json_in_a_reused_run_folder_is_recomputed_escaped_and_reuse_is_marked(compared, tmp_path):
+    """A run folder given in --models carries its own eval.json. One with markup and a string for FID is
+    recomputed; one with well-typed numbers cannot be told from a real one, so it is reused but marked."""
+    _, res = compared
+    vae, gan = tmp_path / "my-vae", tmp_path / "my-gan"
+    shutil.copytree(res.folder / "runs" / "seed-vae", vae)
+    shutil.copytree(res.folder / "runs" / "seed-gan", gan)
+    forged = json.loads((vae / "eval.json").read_text())
+    forged["metrics"]["fid"] = "<script>alert('fid')</script>"
+    forged["metrics"]["classes_covered"] = "<script>alert('classes')</script>"
+    (vae / "eval.json").write_text(json.dumps(forged))
+    fake = json.loads((gan / "eval.json").read_text())
+    fake["metrics"]["fid"] = 0.001  # a flattering number of the right type
+    fake["metrics"]["num_classes"] = 10.0  # a float with an integral value: coerced to 10
+    (gan / "eval.json").write_text(json.dumps(fake))
+    before = {p: p.read_bytes() for p in [*vae.rglob("*"), *gan.rglob("*")] if p.is_file()}
+    log = []
+    out = run_compare([str(vae), str(gan)], None, None, samples=300, out_root=tmp_path / "c", progress=False,
+                      log=log.append)
+    assert any("my-vae: the evaluation in" in x and "malformed (metrics.fid: expected a number" in x for x in log)
+    assert any(x == f"== my-gan: evaluation reused from {gan / 'eval.json'}" for x in log)
+    v, g = out.results["models"]
+    assert v["metrics"]["fid"] == res.results["models"][0]["metrics"]["fid"]  # recomputed: the true value
+    assert v["metrics"]["classes_covered"] == res.results["models"][0]["metrics"]["classes_covered"]
+    assert v["evaluation"] == {"reused": False, "reused_from": None}
+    assert g["metrics"]["fid"] == 0.001 and type(g["metrics"]["num_classes"]) is int
+    assert g["evaluation"] == {"reused": True, "reused_from": "run folder"}
+    saved = json.loads(out.results_path.read_text())
+    assert [m["evaluation"]["reused"] for m in saved["models"]] == [False, True]
+    page = out.report_path.read_text()
+    assert "<script" not in page and "alert(" not in page
+    row = re.search(r'<tr data-model="my-gan">(.*?)</tr>', page).group(1)
+    assert "&dagger;" in row and "0.00" in row
+    assert "&dagger; evaluation reused from the eval.json of a run folder" in page
+    assert f"Evaluation <b>reused</b> from <code>{gan / 'eval.json'}</code>" in page
+    assert "my-gan (reused)" in format_results(out.results) and "my-vae (reused)" not in format_results(out.results)
+    assert {p: p.read_bytes() for p in [*vae.rglob("*"), *gan.rglob("*")] if p.is_file()} == before  # untouched
+
+
+def test_likelihood_file_names_from_json_must_be_bare_names(compared, tmp_path):
+    from genlab.compare.driver import bare_file_name, paired_likelihoods
+
+    for name in ("eval.likelihood.safetensors", "my-vae.likelihood.safetensors"):
+        assert bare_file_name(name)
+    for name in ("../eval.likelihood.safetensors", "/etc/passwd", "a/b", "..", ".", "", "a\\b", "x\0y", 3, None,
+                 ["eval.json"]):
+        assert not bare_file_name(name), name
+    _, res = compared
+    run = res.folder / "runs" / "seed-vae"
+    entry = json.loads(json.dumps(res.results["models"][0]))
+    other = {**entry, "name": "other", "eval_file": str(tmp_path / "deeper" / "eval.json")}
+    assert paired_likelihoods([entry, {**other, "eval_file": entry["eval_file"]}])  # bare names: read and paired
+    # a name that climbs out of the evaluation's folder is not followed, even when it reaches the real file
+    other["likelihood"] = {**entry["likelihood"], "per_image_file": f"../{run.name}/eval.likelihood.safetensors"}
+    other["eval_file"] = str(run.parent / "x" / "eval.json")
+    assert paired_likelihoods([entry, other]) == []
+    # a comparison's own evaluation naming another file is redone, not read
+    root = tmp_path / "compare"
+    shutil.copytree(res.folder, root / res.folder.name)
+    own = root / res.folder.name / "runs" / "seed-vae" / "eval.json"
+    ev = json.loads(own.read_text())
+    ev["likelihood"]["per_image_file"] = "../seed-gan/eval.json"
+    own.write_text(json.dumps(ev))
+    log = []
+    run_compare(["seed-vae", "seed-gan"], "digits", "3ep", samples=300, out_root=root, progress=False, log=log.append)
+    assert any("seed-vae: evaluating" in x for x in log)
+    assert json.loads(own.read_text())["likelihood"]["per_image_file"] == "eval.likelihood.safetensors"
+
+
+def test_the_two_class_cells_of_the_results_table_are_escaped():
+    from genlab.compare.report import results_table
+
+    m = entry("m<i>", "gan", 10.0, 0.01, 0.5, 0.5, 0.5)
+    m.update(name="m<i>", train_seconds=None, img_per_s=None, parameters=1000)
+    m["metrics"].update(classes_covered="<script>a()</script>", num_classes="<img src=x onerror=b()>")
+    page = results_table({"models": [m]})
+    assert "<script" not in page and "<img" not in page and "m<i>" not in page
+    assert "&lt;script&gt;a()&lt;/script&gt; / &lt;img src=x onerror=b()&gt;" in page
+
+
+def test_a_corrupt_compare_json_is_a_clear_error(compared, tmp_path):
+    _, res = compared
+    root = tmp_path / "compare"
+    shutil.copytree(res.folder, root / res.folder.name)
+    marker = root / res.folder.name / "compare.json"
+    for damage in (b"\x00\xff{", b"[]", b'{"format": "genlab-compare-settings-1"'):
+        marker.write_bytes(damage)
+        with pytest.raises(GenlabError, match=r"is not a genlab comparison \(no compare\.json of format"):
+            run_compare(["seed-vae", "seed-gan"], "digits", "3ep", samples=300, out_root=root, progress=False,
+                        log=quiet)
+        assert (root / res.folder.name / "runs" / "seed-vae" / "checkpoints" / "last.safetensors").is_file()

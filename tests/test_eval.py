@@ -295,3 +295,34 @@ def test_cli_eval_scores_a_run_and_calibrates(vae_run, tmp_path):
     assert r.returncode == 2 and "missing.npz" in r.stderr and "Traceback" not in r.stderr
     r = run("eval", vae_run.run_dir, "--features", "inception")
     assert r.returncode == 2 and "weights" in r.stderr  # never downloads: a clear message instead
+
+
+def test_a_damaged_evaluator_cache_is_retrained_with_a_message(digits, evaluator, cache, tmp_path, capsys):
+    """The cache is derived data: a torn weights file or an edited evaluator.json is replaced (with a line
+    on stderr saying why) instead of failing every later evaluation until deleted by hand."""
+    import shutil
+
+    from genlab.eval.evaluator import EvaluatorCacheError, load_evaluator
+
+    folder = tmp_path / evaluator.fingerprint
+    shutil.copytree(cache / evaluator.fingerprint, folder)
+    good_json = (folder / "evaluator.json").read_bytes()
+    for name, damage in [("evaluator.json", b"\xff\xfe not utf-8"), ("evaluator.json", b"[1, 2]"),
+                         ("evaluator.json", good_json.replace(b'"image_shape"', b'"image_shap"')),
+                         ("weights.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}")]:
+        (folder / name).write_bytes(damage)
+        with pytest.raises(EvaluatorCacheError, match=f"the cached evaluator in {folder} is unreadable"):
+            load_evaluator(folder)
+        with pytest.raises(GenlabError, match="delete that folder and it will be retrained"):
+            get_evaluator(digits, progress=False, cache_dir=tmp_path, train_if_missing=False)
+        shutil.copy(cache / evaluator.fingerprint / name, folder / name)
+    weights = folder / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # torn by a full disk
+    capsys.readouterr()
+    ev = get_evaluator(digits, progress=False, cache_dir=tmp_path)
+    err = capsys.readouterr().err
+    assert ev.trained_now and f"the cached evaluator in {folder} is unreadable" in err and "retraining it" in err
+    again = get_evaluator(digits, progress=False, cache_dir=tmp_path, train_if_missing=False)
+    assert not again.trained_now and again.weights_sha256 == ev.weights_sha256
+    x = digits.test.images[:32]
+    assert torch.allclose(again.features(x), ev.features(x), atol=1e-5)

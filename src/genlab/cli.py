@@ -219,6 +219,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# -- numeric options ------------------------------------------------------------------------
+SEED_RANGE = {"minimum": 0, "maximum": 2 ** 64 - 1}  # what torch's generators take (negative seeds are folded)
+# per command: argparse dest -> (option as typed, bounds). NaN and infinities are refused for every float.
+OPTION_BOUNDS: dict[str, dict[str, tuple[str, dict]]] = {
+    "train": {"epochs": ("--epochs", {"minimum": 1}), "batch_size": ("--batch-size", {"minimum": 1}),
+              "lr": ("--lr", {"above": 0}), "seed": ("--seed", SEED_RANGE),
+              "max_steps": ("--max-steps", {"minimum": 1}), "max_minutes": ("--max-minutes", {"above": 0}),
+              "image_size": ("--image-size", {"minimum": 1})},
+    "sample": {"num": ("-n", {"minimum": 1}), "seed": ("--seed", SEED_RANGE), "label": ("--label", {"minimum": 0}),
+               "per_class": ("--per-class", {"minimum": 1}), "truncation": ("--truncation", {"above": 0})},
+    "reconstruct": {"num": ("-n", {"minimum": 1})},
+    "eval": {"num": ("-n", {"minimum": 2}), "seed": ("--seed", SEED_RANGE),
+             "likelihood_k": ("--likelihood-k", {"minimum": 1}), "image_size": ("--image-size", {"minimum": 1})},
+    "evaluator": {"epochs": ("--epochs", {"minimum": 1}), "image_size": ("--image-size", {"minimum": 1})},
+    "compare": {"seed": ("--seed", SEED_RANGE), "samples": ("--samples", {"minimum": 2}),
+                "likelihood_k": ("--likelihood-k", {"minimum": 1}), "image_size": ("--image-size", {"minimum": 1})},
+    "interpolate": {"pairs": ("--pairs", {"minimum": 1}), "steps": ("--steps", {"minimum": 2}),
+                    "seed": ("--seed", SEED_RANGE), "label": ("--label", {"minimum": 0})},
+    "traverse": {"top": ("--top", {"minimum": 1}), "range": ("--range", {"above": 0}),
+                 "steps": ("--steps", {"minimum": 2}), "image": ("--image", {"minimum": 0}),
+                 "label": ("--label", {"minimum": 0}), "seed": ("--seed", SEED_RANGE)},
+}
+
+
+def check_options(args) -> None:
+    """Clear errors for numeric options out of range (``-n 0``, ``--lr nan``, ``--epochs -1`` ...)
+    before any work is done."""
+    from .configcheck import check_number
+
+    for dest, (option, bounds) in OPTION_BOUNDS.get(args.command, {}).items():
+        check_number(getattr(args, dest, None), option, **bounds)
+
+
+def check_images_memory(n: int, image_shape, what: str, fix: str) -> None:
+    """Refuse ``n`` float32 images of ``image_shape`` (kept twice: the samples and the copy written out)
+    when they would not fit in the memory available."""
+    from .configcheck import check_memory
+
+    c, h, w = (int(v) for v in image_shape)
+    check_memory(2 * 4 * int(n) * c * h * w, f"{n:,} images of {c}x{h}x{w} ({what})", fix)
+
+
+def _describe_os_error(e: OSError, args) -> str:
+    """One line for a failed file operation: the file (or the command's output), the problem, what to do."""
+    import errno
+
+    if e.filename is None:  # raised mid-write (a full disk): name what the command was writing
+        target = next((getattr(args, a) for a in ("output", "out", "resume", "run", "out_root")
+                       if getattr(args, a, None)), None)
+        where = f"while writing {target}" if target else "while reading or writing a file"
+    elif e.filename2 is not None:  # a rename or copy: both ends
+        where = f"{e.filename} -> {e.filename2}"
+    else:
+        where = str(e.filename)
+    advice = {errno.ENOSPC: "the disk is full: free some space or write elsewhere (--out / -o)",
+              errno.EDQUOT: "the disk quota is exhausted: free some space or write elsewhere",
+              errno.EACCES: "permission denied: check the file's permissions or choose another path",
+              errno.EPERM: "operation not permitted: check the file's permissions or choose another path",
+              errno.EROFS: "the file system is read-only: write to another folder (--out / -o)",
+              errno.ENOENT: "no such file or folder: check the path",
+              errno.ENOTDIR: "a part of the path is not a folder: check the path",
+              errno.EISDIR: "it is a folder, not a file: give a file path",
+              errno.ENAMETOOLONG: "the file name is too long: choose a shorter one",
+              errno.EEXIST: "a file is in the way where a folder is needed: choose another path",
+              errno.EFBIG: "the file grew beyond what this process may write (ulimit -f) or the file system holds",
+              errno.EIO: "an input/output error: the disk may be failing"}.get(e.errno)
+    return f"{where}: {advice or (e.strerror or str(e))}" + (f" ({e.strerror})" if advice and e.strerror else "")
+
+
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .training import distributed
@@ -248,7 +317,8 @@ def _train(args) -> int:
         raise GenlabError(f"--max-minutes must be positive, got {args.max_minutes}.")
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     if args.resume:
-        if args.model or args.set or args.g_loss or args.lr or args.batch_size or args.lr_schedule:
+        if (args.model or args.set or args.g_loss or args.lr is not None or args.batch_size is not None
+                or args.lr_schedule):
             raise GenlabError("--resume continues a run with its own settings; only --epochs, --max-steps, "
                               "--max-minutes, --device, --precision, --compile and --channels-last may change.")
         result = resume(args.resume, epochs=args.epochs, max_steps=args.max_steps, max_seconds=max_seconds,
@@ -258,11 +328,18 @@ def _train(args) -> int:
         if not args.model:
             raise GenlabError("name a model or preset to train (e.g. `genlab train seed-vae`), or --resume RUN. "
                               "`genlab models` lists them.")
+        from .models.registry import make_config, resolve
+
         settings = dict(args.set)
         if args.g_loss:
             settings["g_loss"] = args.g_loss
+        preset = resolve(args.model)
+        # every --set value checked against the model's config (name, type, range) before any data is loaded
+        make_config(preset.model, settings, what=f"model {preset.model!r}: --set")
+        lr = args.lr if args.lr is not None else settings.get("lr")
+        settings.pop("lr", None)  # train() takes the learning rate as its own argument
         result = train(args.model, args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed, max_steps=args.max_steps, max_seconds=max_seconds,
+                       lr=lr, seed=args.seed, max_steps=args.max_steps, max_seconds=max_seconds,
                        data_dir=args.data_dir,
                        image_size=args.image_size, channels=args.channels, device=args.device or "auto",
                        progress=progress, overwrite=args.overwrite, precision=args.precision,
@@ -284,46 +361,77 @@ def _train(args) -> int:
     return 0
 
 
+SAMPLE_BATCH = 10_000  # images decoded at once by `genlab sample`
+
+
+def _check_grid_memory(n: int, image_shape) -> None:
+    """A PNG grid holds every image enlarged to cells of at least 32 pixels, as uint8, about three
+    times over while it is built and encoded."""
+    import math
+
+    from .configcheck import check_memory
+
+    c, h, w = (int(v) for v in image_shape)
+    scale = max(1, math.ceil(32 / max(h, w)))
+    check_memory(3 * int(n) * c * (h * scale + 2) * (w * scale + 2), f"a PNG grid of {n:,} images",
+                 "Ask for fewer samples with -n, or write them to an .npz file (-o samples.npz).")
+
+
 def cmd_sample(args) -> int:
+    import io
+
     import numpy as np
     import torch
+
+    from .fileio import atomic_write_bytes
 
     from .api import load
     from .viz import save_grid
 
-    if args.num < 1:
-        raise GenlabError("-n must be at least 1")
+    out = Path(args.output) if args.output else Path(args.run) / "samples" / "sample.png"
+    if out.suffix.lower() not in (".npz", ".png"):
+        raise GenlabError(f"output {out} must end in .png (a grid) or .npz (raw samples)")
     model = load(args.run, device=args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     labels, nrow = None, None
-    if args.label is not None or args.per_class:
-        k = getattr(model, "label_dim", 0)
-        if not k:
-            raise GenlabError(f"{args.run} holds an unconditional model ({model.run_config['name']}); --label and "
-                              "--per-class need a conditional one, e.g. `genlab train cgan` or `genlab train cvae`.")
-        if args.per_class:
-            labels, nrow = torch.arange(k).repeat_interleave(args.per_class), args.per_class
-            args.num = len(labels)
+    k = getattr(model, "label_dim", 0)
+    if (args.label is not None or args.per_class) and not k:
+        raise GenlabError(f"{args.run} holds an unconditional model ({model.run_config['name']}); --label and "
+                          "--per-class need a conditional one, e.g. `genlab train cgan` or `genlab train cvae`.")
+    if args.per_class:
+        args.num = k * args.per_class
+    # before anything of that size is allocated (labels included)
+    check_images_memory(args.num, model.image_shape, "genlab sample",
+                        "Ask for fewer samples with -n (or --per-class), e.g. several smaller .npz files drawn "
+                        "with different --seed values.")
+    if out.suffix.lower() == ".png":
+        _check_grid_memory(args.num, model.image_shape)
+    if args.per_class:
+        labels, nrow = torch.arange(k).repeat_interleave(args.per_class), args.per_class
+    elif args.label is not None:
+        if not 0 <= args.label < k:
+            names = model.run_config["data"].get("class_names") or list(range(k))
+            raise GenlabError(f"--label must be between 0 and {k - 1} (classes: {', '.join(map(str, names))})")
+        labels = torch.full((args.num,), args.label, dtype=torch.long)
+    trunc_gen = torch.Generator().manual_seed(args.seed)
+    parts = []
+    for i in range(0, args.num, SAMPLE_BATCH):  # in batches: the networks' activations stay small
+        m = min(SAMPLE_BATCH, args.num - i)
+        y = None if labels is None else labels[i:i + m]
+        if args.truncation is None:
+            parts.append(model.sample(m, labels=y, generator=gen).cpu())
         else:
-            if not 0 <= args.label < k:
-                names = model.run_config["data"].get("class_names") or list(range(k))
-                raise GenlabError(f"--label must be between 0 and {k - 1} (classes: {', '.join(map(str, names))})")
-            labels = torch.full((args.num,), args.label, dtype=torch.long)
-    if args.truncation is None:
-        images = model.sample(args.num, labels=labels, generator=gen).cpu()
-    else:
-        from .viz.latent import truncated_samples
+            from .viz.latent import truncated_samples
 
-        images = truncated_samples(model, args.num, args.truncation, labels=labels,
-                                   generator=torch.Generator().manual_seed(args.seed))
-    out = Path(args.output) if args.output else Path(args.run) / "samples" / "sample.png"
-    if out.suffix.lower() == ".npz":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out, images=images.numpy().astype(np.float32))
-    elif out.suffix.lower() == ".png":
-        save_grid(images, out, nrow=nrow)
+            parts.append(truncated_samples(model, m, args.truncation, labels=y, generator=trunc_gen).cpu())
+    images = parts[0] if len(parts) == 1 else torch.cat(parts)
+    del parts
+    if out.suffix.lower() == ".npz":  # written whole or not at all: a full disk leaves no torn .npz
+        buf = io.BytesIO()
+        np.savez_compressed(buf, images=images.numpy().astype(np.float32, copy=False))
+        atomic_write_bytes(out, buf.getbuffer())
     else:
-        raise GenlabError(f"output {out} must end in .png (a grid) or .npz (raw samples)")
+        save_grid(images, out, nrow=nrow)
     print(f"wrote {args.num} samples to {out}")
     if args.truncation is not None:
         print(f"truncation {args.truncation:g}: latent components outside [-{args.truncation:g}, {args.truncation:g}] "
@@ -466,6 +574,9 @@ def cmd_interpolate(args) -> int:
 
     model = load(args.run, device=args.device)
     methods = ("lerp", "slerp") if args.method == "both" else (args.method,)
+    n_images = args.pairs * len(methods) * (args.steps + 2)
+    check_images_memory(n_images, model.image_shape, "genlab interpolate", "Use fewer --pairs or --steps.")
+    _check_grid_memory(n_images, model.image_shape)
     gen = torch.Generator().manual_seed(args.seed)
     encoder = latent.has_encoder(model)
     if args.images and not encoder:
@@ -520,6 +631,9 @@ def cmd_traverse(args) -> int:
     from .viz import latent, save_grid
 
     model = load(args.run, device=args.device)
+    rows = len(_int_list(args.dims, "--dims")) if args.dims else args.top
+    check_images_memory(rows * args.steps, model.image_shape, "genlab traverse", "Use fewer --steps or dimensions.")
+    _check_grid_memory(rows * args.steps, model.image_shape)
     encoder = latent.has_encoder(model)
     if args.image is not None and not encoder:
         raise GenlabError(f"{args.run} holds a GAN ({model.run_config['name']}): GANs have no encoder, so --image "
@@ -599,6 +713,9 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconst
             "datasets": cmd_datasets, "models": cmd_models, "demo": cmd_demo}
 
 
+OUT_OF_MEMORY = "out of memory; use fewer samples (-n), a smaller --batch-size or a smaller model."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -606,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_options(args)
         return COMMANDS[args.command](args)
     except GenlabError as e:
         print(f"genlab {args.command}: error: {e}", file=sys.stderr)
@@ -616,6 +734,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `genlab datasets | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # a full disk, a read-only folder, a file without permission
+        print(f"genlab {args.command}: error: {_describe_os_error(e, args)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"genlab {args.command}: error: {OUT_OF_MEMORY}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # PyTorch's allocators report an exhausted memory as a RuntimeError
+        if not any(s in str(e) for s in ("can't allocate memory", "out of memory", "not enough memory")):
+            raise
+        print(f"genlab {args.command}: error: {OUT_OF_MEMORY} ({str(e).splitlines()[0][:200]})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -235,6 +235,19 @@ def _prepare_folder(folder: Path, settings: dict[str, Any], overwrite: bool) -> 
 # ----------------------------------------------------------------------------- training
 
 
+def _training_record(state: Any) -> dict[str, Any]:
+    """The checkpoint's training counters as the results report them: finite non-negative numbers, or
+    absent (a checkpoint's metadata is a file like any other and may have been edited)."""
+    out: dict[str, Any] = {}
+    if not isinstance(state, dict):
+        return out
+    for key, kind in (("train_seconds", float), ("images_seen", int), ("step", int), ("epoch", int)):
+        v = state.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0:
+            out[key] = kind(v)
+    return out
+
+
 def _checkpoint_state(run_dir: Path) -> dict[str, Any] | None:
     from ..training import checkpoint as ckpt
 
@@ -279,18 +292,26 @@ def _train_preset(spec: ModelSpec, data: tuple[str, int | None, int | None], dat
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _usable(ev: dict[str, Any] | None, evaluator_id: tuple[str, str], samples: int, seed: int,
+def _usable(ev: Any, evaluator_id: tuple[str, str], samples: int, seed: int,
             likelihood_k: int | None, family_vae: bool, path: Path | None = None) -> bool:
     """Whether an existing evaluation was made exactly the way this comparison evaluates: with the same
     evaluator (fingerprint and weights: ``evaluator_id``), sample count, seed and likelihood - for a VAE
-    with its per-image likelihoods beside ``path``, which the paired comparison of likelihoods reads."""
-    if not ev or ev.get("format") != "genlab-eval-1":
+    with its per-image likelihoods beside ``path``, which the paired comparison of likelihoods reads.
+    Whether its values are well-formed is checked apart, by :func:`checked_evaluation`."""
+    if not isinstance(ev, dict) or ev.get("format") != "genlab-eval-1":
         return False
-    p = ev.get("protocol", {})
+    p = ev.get("protocol")
+    if not isinstance(p, dict):
+        return False
     made_by = (p.get("evaluator_fingerprint"), p.get("evaluator_weights_sha256"))
-    if made_by != evaluator_id or p.get("n_samples") != samples or p.get("seed") != seed or p.get("reference") != "test":
+    if (made_by != evaluator_id or p.get("n_samples") != samples or p.get("seed") != seed
+            or p.get("reference") != "test"):
         return False
     lk = ev.get("likelihood")
+    if lk is not None and not isinstance(lk, dict):
+        return False
+    if lk and not family_vae:  # a GAN's evaluation has no likelihood: this file was not made by genlab eval
+        return False
     if lk and lk.get("binarized"):
         return False
     if family_vae and likelihood_k is not None and not (lk and lk.get("k") == likelihood_k
@@ -300,8 +321,78 @@ def _usable(ev: dict[str, Any] | None, evaluator_id: tuple[str, str], samples: i
         from ..eval.report import likelihood_file_for
 
         file = likelihood_file_for(path)
-        return bool(lk) and lk.get("per_image_file") == file.name and _per_image(file, lk.get("n_images")) is not None
+        return (bool(lk) and lk.get("per_image_file") == file.name
+                and _per_image(file, lk.get("n_images")) is not None)
     return True
+
+
+def bare_file_name(name: Any) -> bool:
+    """Whether ``name`` (read from a JSON file) is a plain file name: no folder part, no ``..``, nothing
+    that would make a path reach outside the folder it is joined to."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and name not in (".", "..")
+            and not any(c in name for c in "/\\\0:") and Path(name).name == name)
+
+
+# what an evaluation's values must be (eval.metrics / eval.likelihood): everything the results table,
+# the summary and the report read from a reused file is a finite number of the right kind
+_METRICS: dict[str, Any] = {
+    "fid": float, "kid": float, "precision": float, "recall": float, "density": float, "coverage": float,
+    "classes_covered": int, "num_classes": int, "class_histogram": list[int],
+    "kid_std": float | None, "inception_score": float | None, "kid_subset_size": int | None,
+    "kid_subsets": int | None, "prdc_k": int | None, "class_coverage_rule": str | None, "memorization": dict | None,
+}
+_REQUIRED_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "classes_covered", "num_classes",
+                     "class_histogram")
+_MEMORIZATION: dict[str, Any] = {
+    "median_sample_to_train": float, "median_test_to_train": float, "test_to_train_p1": float,
+    "fraction_closer_than_test_p1": float, "space": str | None, "n_samples_checked": int | None,
+    "n_test_checked": int | None,
+}
+_LIKELIHOOD: dict[str, Any] = {
+    "units": str, "n_images": int, "k": int, "binarized": bool, "binarize_seed": int | None, "likelihood": str,
+    "elbo": float, "neg_elbo": float, "nll_iwae": float | None, "nll_iwae_stderr": float | None,
+    "bits_per_dim": float | None, "reference": str | None, "per_image_file": str | None,
+}
+_REQUIRED_LIKELIHOOD = ("units", "n_images", "k", "neg_elbo")
+
+
+def _checked_block(block: Any, schema: dict[str, Any], required: tuple[str, ...], what: str) -> dict[str, Any]:
+    from ..configcheck import coerce
+
+    if not isinstance(block, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    missing = [k for k in required if block.get(k) is None]
+    if missing:
+        raise ValueError(f"{what} has no {', '.join(missing)}")
+    out = {}
+    for key, hint in schema.items():
+        if key in block:
+            try:
+                out[key] = coerce(block[key], hint)
+            except ValueError as e:
+                raise ValueError(f"{what}.{key}: {e}") from None
+    return out
+
+
+def checked_evaluation(ev: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """A copy of an evaluation read from a file whose metrics and likelihood hold only what genlab writes
+    there, each coerced to a finite number of its kind (lists of ints for the class histogram, a bare
+    file name for the per-image likelihoods); a ValueError naming the first value that is not."""
+    metrics = _checked_block(ev.get("metrics"), _METRICS, _REQUIRED_METRICS, "metrics")
+    k, hist = metrics["num_classes"], metrics["class_histogram"]
+    if k != num_classes or len(hist) != k or any(c < 0 for c in hist) or not 0 <= metrics["classes_covered"] <= k:
+        raise ValueError(f"metrics: the class counts do not fit the dataset's {num_classes} classes")
+    if metrics.get("memorization") is not None:
+        metrics["memorization"] = _checked_block(metrics["memorization"], _MEMORIZATION,
+                                                 tuple(k for k, h in _MEMORIZATION.items() if h is float),
+                                                 "metrics.memorization")
+    out = {**ev, "metrics": metrics}
+    if ev.get("likelihood") is not None:
+        lk = _checked_block(ev["likelihood"], _LIKELIHOOD, _REQUIRED_LIKELIHOOD, "likelihood")
+        if lk.get("per_image_file") is not None and not bare_file_name(lk["per_image_file"]):
+            raise ValueError(f"likelihood.per_image_file {lk['per_image_file']!r} is not a plain file name")
+        out["likelihood"] = lk
+    return out
 
 
 def _per_image(path: Path, n_images: int | None) -> dict[str, Any] | None:
@@ -310,7 +401,11 @@ def _per_image(path: Path, n_images: int | None) -> dict[str, Any] | None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if not isinstance(n_images, int) or isinstance(n_images, bool) or n_images < 1:
+        return None
     try:
+        if path.stat().st_size > 64 * 1024 + 16 * 8 * n_images:  # a few float64 vectors and a header, no more
+            return None
         tensors = load_file(str(path))
     except (OSError, ValueError, RuntimeError, SafetensorError):
         return None
@@ -319,17 +414,22 @@ def _per_image(path: Path, n_images: int | None) -> dict[str, Any] | None:
     return tensors
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
+        return json.loads(path.read_bytes().decode("utf-8")) if path.is_file() else None
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON: evaluated again
         return None
 
 
 def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samples: int, seed: int,
-              likelihood_k: int | None, has_encoder: bool, progress: bool, log: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+              likelihood_k: int | None, has_encoder: bool, num_classes: int, progress: bool,
+              log: Callable[[str], None]) -> tuple[dict[str, Any], Path, str | None]:
     """The evaluation of one model: reused when usable, else computed. Runs trained by the comparison keep
-    it in their eval.json; reused run folders are never written into (it goes to evals/<tag>.json)."""
+    it in their eval.json; reused run folders are never written into (it goes to evals/<tag>.json).
+
+    Returns (evaluation, its file, where it was reused from: "comparison" for a file this comparison
+    wrote earlier, "run folder" for the eval.json of a run folder given in --models, None when computed
+    now). A reused file's values are checked (:func:`checked_evaluation`); one that fails is recomputed."""
     from ..eval.report import evaluate_run, likelihood_file_for
 
     own = spec.source == "preset"
@@ -337,15 +437,21 @@ def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samp
     candidates = [target] if own else [target, spec.run_dir / "eval.json"]
     for path in candidates:
         ev = _read_json(path)
-        if _usable(ev, evaluator_id, samples, seed, likelihood_k, has_encoder, path):
-            log(f"== {spec.tag}: evaluation reused from {path}")
-            return ev, path
+        if not _usable(ev, evaluator_id, samples, seed, likelihood_k, has_encoder, path):
+            continue
+        try:
+            ev = checked_evaluation(ev, num_classes)
+        except ValueError as e:
+            log(f"== {spec.tag}: the evaluation in {path} is malformed ({e}); evaluating again")
+            continue
+        log(f"== {spec.tag}: evaluation reused from {path}")
+        return ev, path, ("comparison" if path == target else "run folder")
     log(f"== {spec.tag}: evaluating ({samples} samples{'' if likelihood_k is None else f', IWAE k={likelihood_k}'})")
     ev = evaluate_run(spec.run_dir, n_samples=samples, seed=seed, likelihood_k=likelihood_k, progress=progress,
                       write=own, per_image_path=likelihood_file_for(target))
     if not own:
         atomic_write_json(target, ev)
-    return ev, target
+    return ev, target, None
 
 
 def paired_likelihoods(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -360,6 +466,8 @@ def paired_likelihoods(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for m in entries:
         lk = m.get("likelihood")
         if not lk or not lk.get("per_image_file"):
+            continue
+        if not bare_file_name(lk["per_image_file"]):  # never a path out of the evaluation's folder
             continue
         key = "nll_iwae" if lk.get("nll_iwae") is not None else "neg_elbo"
         tensors = _per_image(Path(m["eval_file"]).parent / lk["per_image_file"], lk.get("n_images"))
@@ -456,9 +564,10 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
     for s in specs:
         model = load(s.run_dir)
         loaded[s.tag] = model
-        ev, ev_path = _evaluate(s, folder, (evaluator.fingerprint, evaluator.weights_sha256), samples, seed,
-                                likelihood_k, hasattr(model, "encode"), progress, log)
-        state = _checkpoint_state(s.run_dir) or {}
+        ev, ev_path, reused_from = _evaluate(s, folder, (evaluator.fingerprint, evaluator.weights_sha256), samples,
+                                             seed, likelihood_k, hasattr(model, "encode"), dataset.num_classes,
+                                             progress, log)
+        state = _training_record(_checkpoint_state(s.run_dir))
         secs, images = state.get("train_seconds"), state.get("images_seen")
         entries.append({
             "name": s.tag, "source": s.source, "preset": s.preset, "run_dir": str(s.run_dir),
@@ -470,6 +579,7 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
             "img_per_s": (images / secs) if secs and images else None,
             "metrics": ev["metrics"], "likelihood": _likelihood_entry(ev.get("likelihood"), likelihood_k),
             "eval_file": str(ev_path),
+            "evaluation": {"reused": reused_from is not None, "reused_from": reused_from},
         })
 
     budget_info = None if the_budget is None else the_budget.as_dict()
@@ -515,7 +625,8 @@ def format_results(results: dict[str, Any]) -> str:
     for m in results["models"]:
         mm = m["metrics"]
         nll = "n/a" if not m["likelihood"] else f"{nll_value(m['likelihood'])[0]:.1f}"
-        body.append([m["name"], m["family"], f"{mm['fid']:.2f}", f"{mm['kid']:.4f}", f"{mm['precision']:.3f}",
+        mark = " (reused)" if (m.get("evaluation") or {}).get("reused_from") == "run folder" else ""
+        body.append([m["name"] + mark, m["family"], f"{mm['fid']:.2f}", f"{mm['kid']:.4f}", f"{mm['precision']:.3f}",
                      f"{mm['recall']:.3f}", f"{mm['coverage']:.3f}", f"{mm['classes_covered']}/{mm['num_classes']}",
                      nll, "-" if m["train_seconds"] is None else f"{m['train_seconds']:.{0 if m['train_seconds'] >= 10 else 1}f}",
                      "-" if m["img_per_s"] is None else f"{m['img_per_s']:,.0f}", f"{m['parameters']:,}"])
@@ -529,5 +640,8 @@ def format_results(results: dict[str, Any]) -> str:
         k = s["likelihood_k"]
         lines.append(f"NLL: {'IWAE estimate, k=' + str(k) if k else 'negative test ELBO (an upper bound)'}, "
                      "nats/image; GANs have none.")
+    if any((m.get("evaluation") or {}).get("reused_from") == "run folder" for m in results["models"]):
+        lines.append("(reused): evaluation read from the eval.json of a run folder given in --models, not computed "
+                     "by this comparison.")
     lines += [""] + [f"- {x}" for x in results["summary"]]
     return "\n".join(lines)

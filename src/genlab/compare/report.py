@@ -58,6 +58,12 @@ nav a{margin-right:14px}
 """
 
 
+def esc(value: Any) -> str:
+    """Any value as HTML text: every name, number and string from results.json, a run folder or the
+    data goes through this (a reused file may hold markup)."""
+    return html.escape(str(value), quote=True)
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
@@ -91,7 +97,7 @@ def _samples_figure(model, seed: int) -> tuple[str, torch.Tensor]:
              else "drawn from this model's learned prior")
     what = "; a conditional model cycles through the classes" if model.conditional else ""
     fig = _figure(_grid_png(images, 8), f"{GRID_SAMPLES} samples of {model.run_config['name']}",
-                  f"{GRID_SAMPLES} samples at fixed noise (seed {seed}, {noise}){what}.")
+                  f"{GRID_SAMPLES} samples at fixed noise (seed {esc(seed)}, {noise}){what}.")
     return fig, images
 
 
@@ -151,7 +157,7 @@ def _progress_strip(run_dir: Path, epochs_completed: int | None) -> str:
         label = f"epoch {epoch}"
         if epochs_completed is not None and epoch > epochs_completed:
             label += " (partial: stopped at the budget)"
-        cells.append(_figure(path.read_bytes(), f"samples after {label}", html.escape(label)))
+        cells.append(_figure(path.read_bytes(), f"samples after {label}", esc(label)))
     return (f'<div class="strip">{"".join(cells)}</div><p class="meta">Samples at the run\'s fixed noise during '
             f"training ({len(keep)} of {n} per-epoch grids).</p>")
 
@@ -171,10 +177,10 @@ def _nearest_figure(model, dataset, evaluator, metrics: dict[str, Any], seed: in
     ds = ", ".join(f"{v:.2f}" for v in dist[order].tolist())
     ref = ""
     if mem:
-        ref = (f" For scale: the median distance of test images to their nearest training image is "
-               f"{mem['median_test_to_train']:.2f}, and 1% of test images are nearer than {mem['test_to_train_p1']:.2f}"
-               f" (samples nearer than that: {100 * mem['fraction_closer_than_test_p1']:.1f}% in the evaluation, "
-               "about 1% expected).")
+        ref = esc(f" For scale: the median distance of test images to their nearest training image is "
+                  f"{mem['median_test_to_train']:.2f}, and 1% of test images are nearer than "
+                  f"{mem['test_to_train_p1']:.2f} (samples nearer than that: "
+                  f"{100 * mem['fraction_closer_than_test_p1']:.1f}% in the evaluation, about 1% expected).")
     return _figure(_grid_png(paired_rows(samples, nearest, per_row=NEAREST_SHOWN), NEAREST_SHOWN),
                    "samples nearest to a training image, above their nearest training images",
                    f"Nearest-training-image check: the {NEAREST_SHOWN} of {NEAREST_POOL} samples nearest to any "
@@ -182,16 +188,36 @@ def _nearest_figure(model, dataset, evaluator, metrics: dict[str, Any], seed: in
                    f"evaluator's feature space ({ds}).{ref} A copying model would show near-identical pairs.")
 
 
+def _reused_from(entry: dict[str, Any]) -> str | None:
+    ev = entry.get("evaluation")
+    return ev.get("reused_from") if isinstance(ev, dict) and ev.get("reused") else None
+
+
+def _evaluation_note(entry: dict[str, Any]) -> str:
+    """Where this model's numbers come from, when they were read from a file instead of computed now."""
+    where = _reused_from(entry)
+    if where is None:
+        return ""
+    if where == "run folder":
+        return (f'<p class="meta reused">Evaluation <b>reused</b> from <code>{esc(entry.get("eval_file"))}</code>, '
+                "a file in the run folder given in --models, not computed by this comparison: its numbers are only "
+                "as trustworthy as that file (delete it, or the comparison folder's evals/, to recompute).</p>")
+    return (f'<p class="meta reused">Evaluation reused from <code>{esc(entry.get("eval_file"))}</code>, written by an '
+            "earlier run of this comparison.</p>")
+
+
 def model_section(entry: dict[str, Any], model, dataset, evaluator, seed: int) -> str:
     """One model's section: heading, figures, and the figure captions that say how each was made."""
     run_dir = Path(entry["run_dir"])
-    name = html.escape(entry["name"])
+    name = esc(entry["name"])
+    family = str(entry["family"])
     samples_fig, _ = _samples_figure(model, seed)
-    parts = [(f'<section class="model" id="model-{name}"><h2>{name} <span class="tag {html.escape(entry["family"])}">'
-             f'{html.escape(entry["family"].upper())}</span></h2>'),
-             (f'<p class="meta">model {html.escape(str(entry["model"]))}, {entry["parameters"]:,} parameters, latent size '
-             f'{entry["latent_dim"]}; run folder <code>{html.escape(str(run_dir))}</code>'
+    parts = [(f'<section class="model" id="model-{name}"><h2>{name} <span class="tag {esc(family)}">'
+             f'{esc(family.upper())}</span></h2>'),
+             (f'<p class="meta">model {esc(entry["model"])}, {esc(format(entry["parameters"], ","))} parameters, '
+             f'latent size {esc(entry["latent_dim"])}; run folder <code>{esc(run_dir)}</code>'
              f'{"" if entry["source"] == "preset" else " (reused as it was)"}.</p>'),
+             _evaluation_note(entry),
              "<h3>Samples</h3>", f'<div class="figs">{samples_fig}']
     if latent.has_encoder(model):
         parts.append(_reconstruction_figure(model, dataset))
@@ -237,23 +263,34 @@ def results_table(results: dict[str, Any]) -> str:
     rows = []
     for m in models:
         mm = m["metrics"]
-        cells = [f"<td>{html.escape(m['name'])}</td>", f"<td>{html.escape(m['family'].upper())}</td>"]
+        mark = ""
+        if _reused_from(m):
+            mark = (' <sup class="reused" title="evaluation reused from a file, not computed by this command">'
+                    f'{"&dagger;" if _reused_from(m) == "run folder" else "*"}</sup>')
+        cells = [f"<td>{esc(m['name'])}{mark}</td>", f"<td>{esc(str(m['family']).upper())}</td>"]
         for key, _, spec, _ in _COLUMNS:
             cls = ' class="best"' if len(models) > 1 and mm[key] == best[key] else ""
-            cells.append(f"<td{cls}>{spec.format(mm[key])}</td>")
-        cells.append(f"<td>{mm['classes_covered']} / {mm['num_classes']}</td>")
+            cells.append(f"<td{cls}>{esc(spec.format(mm[key]))}</td>")
+        cells.append(f"<td>{esc(mm['classes_covered'])} / {esc(mm['num_classes'])}</td>")
         if m["likelihood"]:
             v = nll_value(m["likelihood"])[0]
             cls = ' class="best"' if len(nlls) > 1 and v == min(nlls) else ""
-            cells.append(f"<td{cls}>{v:.1f}</td>")
+            cells.append(f"<td{cls}>{esc(f'{v:.1f}')}</td>")
         else:
             cells.append("<td>n/a</td>")
-        cells.append(f"<td>{_duration(m['train_seconds'])}</td>")
+        cells.append(f"<td>{esc(_duration(m['train_seconds']))}</td>")
         speed = "-" if m["img_per_s"] is None else f"{m['img_per_s']:,.0f}"
-        cells.append(f"<td>{speed}</td>")
-        cells.append(f"<td>{m['parameters']:,}</td>")
-        rows.append(f'<tr data-model="{html.escape(m["name"], quote=True)}">{"".join(cells)}</tr>')
-    return f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        cells.append(f"<td>{esc(speed)}</td>")
+        cells.append(f"<td>{esc(format(m['parameters'], ','))}</td>")
+        rows.append(f'<tr data-model="{esc(m["name"])}">{"".join(cells)}</tr>')
+    notes = []
+    if any(_reused_from(m) == "comparison" for m in models):
+        notes.append("* evaluation reused from an earlier run of this comparison (same evaluator, samples and seed).")
+    if any(_reused_from(m) == "run folder" for m in models):
+        notes.append("&dagger; evaluation reused from the eval.json of a run folder given in --models, not computed "
+                     "by this comparison: its numbers are only as trustworthy as that file.")
+    foot = "".join(f'<p class="meta reused">{n}</p>' for n in notes)
+    return f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{foot}'
 
 
 def how_to_read(results: dict[str, Any]) -> str:
@@ -271,12 +308,12 @@ def how_to_read(results: dict[str, Any]) -> str:
         "<b>coverage</b> (diversity): how much of the real data the samples reach (Kynk&auml;&auml;nniemi et al. "
         "2019; Naeem et al. 2020, k = 5). High precision with low coverage means good pictures of few kinds.</li>"
         "<li><b>Classes</b>: classes the evaluator sees in at least a quarter of their fair share of samples.</li>"
-        f"<li><b>NLL</b> (nats per image; VAEs only, GANs define no density): {nll}.</li>"
+        f"<li><b>NLL</b> (nats per image; VAEs only, GANs define no density): {esc(nll)}.</li>"
         f"<li>All scores are computed in the feature space of genlab's evaluator, a CNN classifier trained on this "
-        f"dataset (fingerprint <code>{html.escape(s['evaluator_fingerprint'][:16])}</code>, weights "
-        f"<code>{html.escape(s.get('evaluator_weights_sha256', '?')[:16])}</code>{acc_text}), not "
-        f"Inception: they compare only with results of the same fingerprint and weights. {s['samples']:,} samples "
-        f"per model against the {html.escape(s['reference'])} split, seed {s['seed']}.</li></ul></div>")
+        f"dataset (fingerprint <code>{esc(str(s['evaluator_fingerprint'])[:16])}</code>, weights "
+        f"<code>{esc(str(s.get('evaluator_weights_sha256', '?'))[:16])}</code>{esc(acc_text)}), not "
+        f"Inception: they compare only with results of the same fingerprint and weights. "
+        f"{esc(format(s['samples'], ','))} samples per model against the {esc(s['reference'])} split, seed {esc(s['seed'])}.</li></ul></div>")
 
 
 def build_report(results: dict[str, Any], models: dict[str, Any], dataset, evaluator) -> str:
@@ -284,19 +321,18 @@ def build_report(results: dict[str, Any], models: dict[str, Any], dataset, evalu
     s = results["settings"]
     budget = s["budget"]["description"] if s["budget"] else "runs reused as they were trained"
     title = f"genlab compare: {results['name']}"
-    nav = " ".join(f'<a href="#model-{html.escape(m["name"], quote=True)}">{html.escape(m["name"])}</a>'
-                   for m in results["models"])
+    nav = " ".join(f'<a href="#model-{esc(m["name"])}">{esc(m["name"])}</a>' for m in results["models"])
     sections = [model_section(m, models[m["name"]], dataset, evaluator, s["seed"]) for m in results["models"]]
-    summary = "".join(f"<li>{html.escape(x)}</li>" for x in results["summary"])
-    shape = "&times;".join(str(v) for v in s["image_shape"])
+    summary = "".join(f"<li>{esc(x)}</li>" for x in results["summary"])
+    shape = "&times;".join(esc(v) for v in s["image_shape"])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{CSS}</style></head>
+<title>{esc(title)}</title><style>{CSS}</style></head>
 <body><main>
-<h1>{html.escape(title)}</h1>
-<p class="meta">data <b>{html.escape(s['data'])}</b> ({shape}, {s['num_classes']} classes); {html.escape(budget)};
-seed {s['seed']}; {s['samples']:,} samples per model; created {html.escape(results['created'])}</p>
+<h1>{esc(title)}</h1>
+<p class="meta">data <b>{esc(s['data'])}</b> ({shape}, {esc(s['num_classes'])} classes); {esc(budget)};
+seed {esc(s['seed'])}; {esc(format(s['samples'], ','))} samples per model; created {esc(results['created'])}</p>
 <h2>Results</h2>
 {results_table(results)}
 <h2>What differs</h2>

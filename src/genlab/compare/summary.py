@@ -122,7 +122,7 @@ def _class_sentences(models: list[dict[str, Any]], class_names: list[str] | None
         counts = mm["class_histogram"]
         n = sum(counts)
         missing = [i for i, c in enumerate(counts) if c < n / (4.0 * k)]
-        names = ", ".join(str(class_names[i]) if class_names else str(i) for i in missing)
+        names = ", ".join(str(class_names[i]) if class_names and i < len(class_names) else str(i) for i in missing)
         out.append(f"{m['name']} draws only {covered} of {k} classes (by the evaluator's predicted labels); "
                    f"rare or missing: {names}.")
     if not out:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -319,26 +320,37 @@ def save_evaluator(ev: Evaluator, folder: Path) -> None:
     ev.path = folder
 
 
+class EvaluatorCacheError(GenlabError):
+    """A cached evaluator that cannot be used (torn, edited or of another architecture); ``reason`` says
+    why, without the advice to delete it (get_evaluator retrains it instead)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason}; delete that folder and it will be retrained.")
+        self.reason = reason
+
+
 def load_evaluator(folder: Path) -> Evaluator:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
     try:
-        info = json.loads((folder / "evaluator.json").read_text())
+        info = json.loads((folder / "evaluator.json").read_bytes().decode("utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("evaluator.json is not a JSON object")
         if info.get("arch") != ARCH_VERSION:
-            raise GenlabError(f"{folder} holds an evaluator of architecture {info.get('arch')!r}, "
-                              f"this genlab uses {ARCH_VERSION!r}; delete the folder to retrain.")
+            raise EvaluatorCacheError(f"{folder} holds an evaluator of architecture {info.get('arch')!r}, "
+                                      f"this genlab uses {ARCH_VERSION!r}")
         net = EvaluatorNet(tuple(info["image_shape"]), info["num_classes"], info.get("feature_dim", FEATURE_DIM))
         net.load_state_dict(load_file(str(folder / "weights.safetensors")))
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise GenlabError(f"the cached evaluator in {folder} is unreadable ({e}); delete that folder and it "
-                          "will be retrained.") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, RecursionError, SafetensorError) as e:
+        raise EvaluatorCacheError(f"the cached evaluator in {folder} is unreadable ({type(e).__name__}: {e})") from None
     ev = Evaluator(net, info, folder)
     recorded = info.get("weights_sha256")
     if recorded is not None and recorded != ev.weights_sha256:
-        raise GenlabError(f"the cached evaluator in {folder} has weights that are not the ones its evaluator.json "
-                          f"records (sha256 {ev.weights_sha256[:12]}, recorded {recorded[:12]}); delete that folder "
-                          "and it will be retrained.")
+        raise EvaluatorCacheError(f"the cached evaluator in {folder} has weights that are not the ones its "
+                                  f"evaluator.json records (sha256 {ev.weights_sha256[:12]}, recorded "
+                                  f"{str(recorded)[:12]})")
     info["weights_sha256"] = ev.weights_sha256  # caches written before the digest was recorded
     return ev
 
@@ -354,7 +366,13 @@ def get_evaluator(dataset, *, train_if_missing: bool = True, progress: bool = Tr
     fp = fingerprint(dataset)
     folder = root / fp
     if (folder / "evaluator.json").is_file() and (folder / "weights.safetensors").is_file():
-        return load_evaluator(folder)
+        try:
+            return load_evaluator(folder)
+        except GenlabError as e:
+            if not train_if_missing:
+                raise
+            # a cache entry is derived data: a torn or edited one is replaced, not left to fail every evaluation
+            print(f"genlab: {getattr(e, 'reason', e)}; retraining it.", file=sys.stderr, flush=True)
     if not train_if_missing:
         raise GenlabError(f"no evaluator is cached for {dataset.name} (looked in {folder}); "
                           "allow training it (train_if_missing=True) - it takes a few CPU minutes at most.")

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_tensors
 
-from ..errors import GenlabError
+from ..errors import DataError, GenlabError
 from ..fileio import atomic_write_bytes, atomic_write_json
 from .evaluator import get_evaluator
 from .metrics import evaluate_images
@@ -84,25 +87,57 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = 
     return result
 
 
+def _npz_images_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the 'images' array of an .npz, read from its .npy header alone (nothing inflated)."""
+    with zipfile.ZipFile(path) as z:
+        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        if "images" not in names:
+            raise DataError(f"{path} has no 'images' array (it has: {', '.join(names) or 'nothing'}); "
+                            "save samples with numpy.savez(path, images=samples).")
+        with z.open("images.npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise DataError(f"{path}: 'images' is stored in .npy format version {version}; save it with "
+                                "numpy.savez.")
+    return tuple(int(s) for s in shape), dtype
+
+
 def _load_npz_images(path: Path) -> torch.Tensor:
+    from ..configcheck import check_memory
+
     if not path.is_file():
-        raise GenlabError(f"sample file {path} does not exist.")
+        raise DataError(f"sample file {path} does not exist.")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        what = "a single .npy array" if magic == b"\x93NUMPY" else "not a zip archive, or cut short"
+        raise DataError(f"{path} is not an .npz file ({what}); save samples with numpy.savez(path, images=samples) "
+                        "or `genlab sample RUN -n N -o samples.npz`.")
     try:
+        shape, dtype = _npz_images_header(path)
+        if dtype not in (np.uint8,) and not np.issubdtype(dtype, np.floating):
+            raise DataError(f"{path}: 'images' has dtype {dtype}; use float in [0, 1] or uint8 0..255.")
+        n_values = math.prod(shape)
+        # the array as stored, then as float32 (twice while it is clipped)
+        check_memory(n_values * (dtype.itemsize + 8), f"the samples in {path} (shape {shape}, {dtype})",
+                     "Evaluate fewer samples: save a subset with numpy.savez.")
         with np.load(path, allow_pickle=False) as f:
-            if "images" not in f.files:
-                raise GenlabError(f"{path} has no 'images' array (it has: {', '.join(f.files) or 'nothing'}); "
-                                  "save samples with numpy.savez(path, images=samples).")
             arr = f["images"]
-    except (OSError, ValueError) as e:
-        raise GenlabError(f"{path} is not a readable .npz file ({e}).") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it may be cut short or "
+                        "corrupt: write it again.") from None
     if arr.dtype == np.uint8:
         return torch.from_numpy(arr.copy())
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise GenlabError(f"{path}: 'images' has dtype {arr.dtype}; use float in [0, 1] or uint8 0..255.")
     arr = arr.astype(np.float32)
     if arr.size and (not np.isfinite(arr).all() or arr.min() < -1e-3 or arr.max() > 1 + 1e-3):
-        raise GenlabError(f"{path}: float 'images' must lie in [0, 1] (found {arr.min():.3g}..{arr.max():.3g}); "
-                          "divide uint8 pixels by 255.")
+        raise DataError(f"{path}: float 'images' must lie in [0, 1] and be finite (found {arr.min():.3g}.."
+                        f"{arr.max():.3g}); divide uint8 pixels by 255.")
     return torch.from_numpy(np.clip(arr, 0.0, 1.0))
 
 

@@ -9,10 +9,10 @@ module) before ``genlab.load`` of such a run.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configcheck import build_dataclass, check_memory, model_size
 from ..errors import GenlabError
 from .base import GenerativeModel
 from .gan import MLPGAN, MLPGANConfig
@@ -63,31 +63,40 @@ def resolve(name: str) -> Preset:
     raise GenlabError(f"unknown model or preset {name!r}. Known: {known} (see `genlab models`).")
 
 
-def make_config(model: str, values: dict[str, Any]):
-    """Build model ``model``'s config dataclass from JSON-like values (lists become tuples)."""
+def make_config(model: str, values: dict[str, Any], *, what: str | None = None, error: type[GenlabError] = GenlabError,
+                hint: str = "", sep: str = " "):
+    """Build model ``model``'s config dataclass from JSON-like values, each checked against the field's
+    type and range (``genlab.configcheck``; lists become tuples). A bad value raises ``error`` naming
+    ``what`` (default "model 'NAME' setting"), the field, the value and the type expected."""
+    if model not in MODELS:
+        raise GenlabError(f"unknown model {model!r}; registered: {', '.join(sorted(MODELS))}. "
+                          "If it is your own model, import the module that registers it first.")
     entry = MODELS[model]
-    hints = typing.get_type_hints(entry.config_cls)
-    names = {f.name for f in dataclasses.fields(entry.config_cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise GenlabError(f"model {model!r} has no setting(s) {', '.join(unknown)}; "
-                          f"its settings are: {', '.join(sorted(names))}")
-    kwargs = {}
-    for k, v in values.items():
-        if isinstance(v, list) and "tuple" in str(hints.get(k, "")):
-            v = tuple(v)
-        kwargs[k] = v
-    return entry.config_cls(**kwargs)
+    what = what or f"model {model!r} setting"
+    return build_dataclass(entry.config_cls, values, what=what, error=error, hint=hint, sep=sep)
+
+
+TRAINING_MEMORY_FACTOR = 4  # float32 weights, their gradients and Adam's two moments
 
 
 def build_model(model: str, config: dict[str, Any] | Any, image_shape, num_classes: int = 0) -> GenerativeModel:
-    """Instantiate ``model`` for images of shape (C, H, W)."""
+    """Instantiate ``model`` for images of shape (C, H, W).
+
+    The networks are first laid out on the meta device to count their parameters: settings that
+    would need more memory than is available to train (weights, gradients and Adam's moments) are
+    refused with the size, before anything is allocated."""
     if model not in MODELS:
         raise GenlabError(f"unknown model {model!r}; registered: {', '.join(sorted(MODELS))}. "
                           "If it is your own model, import the module that registers it first.")
     entry = MODELS[model]
     cfg = config if isinstance(config, entry.config_cls) else make_config(model, dict(config))
-    return entry.cls(cfg, tuple(image_shape), num_classes)
+    shape = tuple(int(s) for s in image_shape)
+    n = model_size(lambda: entry.cls(cfg, shape, num_classes))
+    check_memory(n * 4 * TRAINING_MEMORY_FACTOR, f"model {model!r} with {n:,} parameters and buffers (float32 "
+                 "weights, gradients and Adam's two moments)",
+                 "Use smaller widths or latent size (hidden, width, z_dim ...: --set, or for a trained run the "
+                 "model_config of its config.json) or smaller images (--image-size).")
+    return entry.cls(cfg, shape, num_classes)
 
 
 register_model("mlp-vae", MLPVAE, MLPVAEConfig, "VAE with MLP encoder/decoder, Bernoulli likelihood")

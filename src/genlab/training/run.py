@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..configcheck import build_dataclass, check_run_config
 from ..errors import RunError
 from ..fileio import atomic_write_json
 from ..models.base import GenerativeModel
@@ -84,16 +85,16 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
                            f"start it with `genlab train MODEL --out {run_dir}`.")
         raise RunError(f"{run_dir} is not a genlab run folder: it has no config.json.")
     try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path} is not UTF-8 text ({e}); restore it from a copy.") from None
+    except (json.JSONDecodeError, RecursionError) as e:
         raise RunError(f"{path} is not valid JSON ({e}); restore it from a copy.") from None
-    if config.get("format") != RUN_FORMAT:
-        raise RunError(f"{path} has format {config.get('format')!r}; this genlab reads {RUN_FORMAT!r}.")
-    return config
+    return check_run_config(config, path, RUN_FORMAT)
 
 
 def train_config_from(config: dict[str, Any]) -> TrainConfig:
-    return TrainConfig(**config["train"])
+    return build_dataclass(TrainConfig, config["train"], what="the run's train settings", error=RunError)
 
 
 def model_from_config(config: dict[str, Any]) -> GenerativeModel:
