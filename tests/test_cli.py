@@ -153,7 +153,7 @@ def test_bad_numeric_options_and_set_values_are_refused_before_any_work(capsys, 
         (["train", "seed-vae", "--set", "seed=3"], "unknown setting(s) 'seed'"),
         (["train", "seed-gan", "--set", "hidden=[256]"], "--set hidden = [256] is not valid: expected an integer"),
         (["train", "seed-vae", "--set", "hidden=[1000000,1000000]", "--out", vae_run.parent / "big"],
-         "would need about 29.1 TB of memory, but only 1.0 GB is available (GENLAB_MEMORY_LIMIT=1G)"),
+         "would need about 29.1 TB of memory, more than the limit set by GENLAB_MEMORY_LIMIT=1G (1.0 GB)"),
         (["sample", vae_run, "-n", "0"], "-n must be at least 1, got 0"),
         (["sample", vae_run, "--truncation", "nan"], "--truncation must be a finite number"),
         (["sample", vae_run, "-n", "100000000"],
@@ -219,7 +219,7 @@ def test_damaged_config_json_is_one_line_naming_file_field_and_type(capsys, vae_
              (edited(model_config={"lr": "fast"}), "model_config.lr = 'fast' is not valid: expected a number"),
              (edited(train={"batch_size": [128]}), "train.batch_size = [128] is not valid: expected an integer"),
              (edited(data={"image_shape": "1x8x8"}), "data.image_shape = '1x8x8' is not valid"),
-             (edited(model_config={"hidden": [1_000_000, 1_000_000]}), "of memory, but only 1.0 GB is available")]
+             (edited(model_config={"hidden": [1_000_000, 1_000_000]}), "of memory, more than the limit set by GENLAB_MEMORY_LIMIT=1G (1.0 GB)")]
     for raw, expected in cases:
         (run / "config.json").write_bytes(raw)
         for command in (["sample", run, "-n", "4", "-o", tmp_path / "s.png"], ["train", "--resume", run]):

@@ -15,18 +15,15 @@ On top of the types, the value ranges and choices of genlab's own configs are kn
 the known ones ...), and a dataclass field may declare its own with ``field(metadata={"min": 1,
 "max": ..., "choices": (...)})``. Every error names the field, the value given and what is expected.
 
-Memory: :func:`available_memory` reads the memory this process may still use (``MemAvailable``
-of /proc/meminfo, lowered to a cgroup's limit; ``GENLAB_MEMORY_LIMIT`` overrides it, e.g. ``8G``),
-and :func:`check_memory` refuses an allocation estimated above it, saying how much it would take
-and what to change. :func:`model_size` counts a model's parameters and buffers by building it on
+Memory: :func:`check_memory` refuses an allocation estimated above genlab's memory limit
+(:mod:`genlab.memory`; ``GENLAB_MEMORY_LIMIT`` overrides it, e.g. ``8G``), saying how much it would
+take and what to change. :func:`model_size` counts a model's parameters and buffers by building it on
 PyTorch's ``meta`` device, which allocates nothing.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -34,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import memory as _memory
 from .errors import GenlabError
 
 INT_LIMIT = 2 ** 63  # what a torch int64 (seeds, step counters) holds
@@ -368,74 +366,10 @@ def check_number(value: Any, option: str, *, minimum: float | None = None, above
 
 # ----------------------------------------------------------------------------- memory
 
-_UNITS = {"": 1, "B": 1, "K": 2 ** 10, "KB": 2 ** 10, "KIB": 2 ** 10, "M": 2 ** 20, "MB": 2 ** 20, "MIB": 2 ** 20,
-          "G": 2 ** 30, "GB": 2 ** 30, "GIB": 2 ** 30, "T": 2 ** 40, "TB": 2 ** 40, "TIB": 2 ** 40}
-MEMORY_ENV = "GENLAB_MEMORY_LIMIT"
-
-
-def parse_bytes(text: str) -> int:
-    """``"8G"``, ``"512M"``, ``"1.5GB"``, ``"1000000"`` -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text or "")
-    if not m or m.group(2).upper() not in _UNITS:
-        raise GenlabError(f"{MEMORY_ENV}={text!r} is not a size; write e.g. 8G, 512M or a number of bytes.")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def format_bytes(n: float) -> str:
-    for unit, size in (("TB", 2 ** 40), ("GB", 2 ** 30), ("MB", 2 ** 20), ("KB", 2 ** 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} bytes"
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:  # other Unix systems: the physical memory as an upper bound
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup v2 memory limit, if it has one."""
-    try:
-        rel = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                   if line.startswith("0::"))
-        folder = Path("/sys/fs/cgroup") / rel.lstrip("/")
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return max(0, int(limit) - int((folder / "memory.current").read_text().strip()))
-    except (OSError, ValueError, StopIteration):
-        return None
-
-
-def available_memory() -> tuple[int | None, str]:
-    """(bytes this process may still allocate, where that figure comes from); None when unknown."""
-    env = os.environ.get(MEMORY_ENV, "").strip()
-    if env:
-        return parse_bytes(env), f"{MEMORY_ENV}={env}"
-    avail = _meminfo_available()
-    room = _cgroup_room()
-    if room is not None and (avail is None or room < avail):
-        return room, "the memory left under this process's cgroup limit"
-    return avail, "MemAvailable in /proc/meminfo"
-
-
 def check_memory(nbytes: int, what: str, fix: str) -> None:
-    """Refuse to allocate about ``nbytes`` for ``what`` when more than the memory available: an error
-    saying how much it would take, how much there is and ``fix`` (what to change)."""
-    limit, source = available_memory()
-    if limit is None or nbytes <= limit:
-        return
-    raise GenlabError(f"{what} would need about {format_bytes(nbytes)} of memory, but only {format_bytes(limit)} "
-                      f"is available ({source}). {fix} (Set {MEMORY_ENV}, e.g. {MEMORY_ENV}=64G, to change the "
-                      "limit genlab checks against.)")
+    """Refuse to allocate about ``nbytes`` for ``what`` beyond genlab's memory limit
+    (:mod:`genlab.memory`): a GenlabError saying how much, the limit and ``fix``."""
+    _memory.check_memory(nbytes, what, fix)
 
 
 def model_size(build: Callable[[], Any]) -> int:

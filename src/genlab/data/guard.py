@@ -14,25 +14,17 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 
+from genlab import memory as _memory
 from genlab.errors import DataError
-
-#: Environment variable: the most memory, in bytes (suffixes K, M, G, T), a dataset may take.
-ENV = "GENLAB_MEMORY_LIMIT"
-#: Without ENV, a dataset may take this fraction of the memory available when it is loaded;
-#: the rest is left to the model, the optimizer and the rest of the machine.
-FRACTION = 0.75
-#: Used when the available memory cannot be read (no /proc/meminfo, no sysconf).
-FALLBACK = 8 << 30
+from genlab.memory import ENV, fmt_bytes, parse_bytes  # noqa: F401 - the readers' names for them
 
 #: The most classes a labelled dataset may have (labels 0..MAX_CLASSES-1): a class list and a
 #: conditional model's class embedding are sized by the largest label.
 MAX_CLASSES = 65_536
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
 
@@ -83,82 +75,12 @@ def open_regular(path: Path, what: str = "file"):
         raise
 
 
-def parse_bytes(text: str) -> int:
-    """``'8G'`` -> 8 * 2**30; ``'512M'``, ``'100K'``, ``'123'`` (bytes) likewise; ValueError if malformed."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(text)
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def fmt_bytes(n: float) -> str:
-    """A byte count for people: '1.5 GB', '300 MB', '12 kB' (powers of 1024)."""
-    for unit, size in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
-        if n >= size:
-            v = n / size
-            return f"{v:.1f} {unit}" if v < 100 else f"{v:,.0f} {unit}"
-    return f"{int(n)} bytes"
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available now: MemAvailable, lowered to the cgroup's headroom when one is set."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            pass
-    try:  # cgroup v2: a container's own limit can be far below the machine's free memory
-        with open("/sys/fs/cgroup/memory.max") as f:
-            top = f.read().strip()
-        if top.isdigit():
-            with open("/sys/fs/cgroup/memory.current") as f:
-                room = max(0, int(top) - int(f.read().strip()))
-            avail = room if avail is None else min(avail, room)
-    except (OSError, ValueError):
-        pass
-    return avail
+def check_memory(need: int, what: str, fix: str) -> None:
+    """DataError if ``need`` bytes for ``what`` exceed :func:`genlab.memory.memory_limit`; ``fix`` says
+    what to change."""
+    _memory.check_memory(need, what, fix, DataError)
 
 
 def memory_limit() -> tuple[int, str]:
-    """(bytes a dataset may take, where that number comes from, in words)."""
-    env = os.environ.get(ENV, "").strip()
-    if env:
-        try:
-            return parse_bytes(env), f"the limit set by {ENV}={env}"
-        except ValueError:
-            raise DataError(f"{ENV}={env!r} is not a size; write a number of bytes with an optional unit, "
-                            "e.g. 8G, 512M or 2000000000.") from None
-    avail = available_memory()
-    if avail is None:
-        return FALLBACK, f"genlab's default limit of {fmt_bytes(FALLBACK)} (the free memory could not be read)"
-    return int(avail * FRACTION), (f"{FRACTION:.0%} of the {fmt_bytes(avail)} of memory available on this machine")
+    return _memory.memory_limit(DataError)
 
-
-def total_memory() -> int | None:
-    """Bytes of physical memory of the machine (MemTotal), or None if it cannot be read."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory(need: int, what: str, fix: str) -> None:
-    """DataError if ``need`` bytes for ``what`` exceed :func:`memory_limit`; ``fix`` says what to change."""
-    limit, source = memory_limit()
-    if need > limit:
-        total = total_memory()
-        more = ""
-        if total is None or need < total:  # raising the limit can help only if the machine has the memory
-            more = (f" To allow more, set {ENV} (e.g. {ENV}={-(-need // (1 << 30))}G) if the machine really "
-                    "has that much free.")
-        raise DataError(f"{what} would need about {fmt_bytes(need)} of memory, more than {source} "
-                        f"({fmt_bytes(limit)}). {fix}{more}")
