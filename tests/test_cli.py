@@ -187,10 +187,10 @@ def test_damaged_sample_files_for_eval_are_data_errors(capsys, tmp_path):
         flipped[i] ^= 0x5A
     (tmp_path / "corrupt.npz").write_bytes(bytes(flipped))
     np.savez(tmp_path / "objects.npz", images=np.array([None, 1], dtype=object))
-    cases = [("samples.npy", "is not an .npz file (a single .npy array)"),
-             ("cut.npz", "is not an .npz file (not a zip archive, or cut short)"),
-             ("corrupt.npz", "corrupt.npz is not a readable .npz file"),
-             ("objects.npz", "'images' has dtype object")]
+    cases = [("samples.npy", "samples.npy is a .npy file holding one array, not an .npz archive. Save samples"),
+             ("cut.npz", "cut.npz is not a readable .npz file (File is not a zip file). Save samples"),
+             ("corrupt.npz", "corrupt.npz (Error -3 while decompressing data"),
+             ("objects.npz", "holds Python objects, which genlab never loads")]
     for name, expected in cases:
         rc, out, err = run_main(capsys, "eval", "--samples", tmp_path / name, "--data", "digits")
         assert_clear_error(rc, err, "eval", expected)

@@ -10,6 +10,7 @@ could be channels, channels-last is assumed. dtypes: uint8; other integers in 0.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 import zipfile
@@ -42,8 +43,8 @@ class _Npz:
     deflate bounds by the compressed size) and with the memory limit (:mod:`genlab.data.guard`).
     """
 
-    def __init__(self, f, path: Path):
-        self.path = path
+    def __init__(self, f, path: Path, save: str = _SAVE):
+        self.path, self.save = path, save  # save: how to write a good file, for the errors
         self.zip = zipfile.ZipFile(f)
         self.members = {}
         for info in self.zip.infolist():
@@ -61,7 +62,7 @@ class _Npz:
         if info.compress_type == zipfile.ZIP_DEFLATED and \
                 info.file_size > _DEFLATE_RATIO * info.compress_size + _DEFLATE_SLACK:
             raise DataError(f"{where} claims {info.file_size} bytes stored in {info.compress_size} compressed bytes, "
-                            f"more than deflate can hold: the file is corrupt. {_SAVE}")
+                            f"more than deflate can hold: the file is corrupt. {self.save}")
         try:
             with self.zip.open(info) as m:
                 version = fmt.read_magic(m)
@@ -73,14 +74,14 @@ class _Npz:
                     raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
                 if dtype.hasobject:
                     raise DataError(f"{where} holds Python objects, which genlab never loads (they could run "
-                                    f"code). {_SAVE}")
+                                    f"code). {self.save}")
                 count = math.prod(shape)
                 declared = count * dtype.itemsize
                 room = info.file_size - m.tell()
                 if declared != room:
                     what = "truncated" if declared > room else "corrupt"
                     raise DataError(f"{where} is {what}: its header declares shape {shape} of {dtype} "
-                                    f"({declared} bytes) but the member holds {max(room, 0)} bytes of data. {_SAVE}")
+                                    f"({declared} bytes) but the member holds {max(room, 0)} bytes of data. {self.save}")
                 guard.check_memory(copies * declared, f"{where} (shape {shape}, {dtype})",
                                    "Check that it is the right file, or load a part of the data.")
                 try:
@@ -92,14 +93,14 @@ class _Npz:
                 while got < len(buf):
                     k = m.readinto(buf[got:got + (1 << 20)])
                     if not k:
-                        raise DataError(f"{where} is truncated: {got} of its {declared} bytes are there. {_SAVE}")
+                        raise DataError(f"{where} is truncated: {got} of its {declared} bytes are there. {self.save}")
                     got += k
                 m.read(1)  # the end of the member: zipfile checks its CRC here
         except DataError:
             raise
         except _MEMBER_ERRORS as e:
             raise DataError(f"cannot read {where} ({str(e) or type(e).__name__}); the file is corrupt or not "
-                            f"saved by numpy. {_SAVE}") from None
+                            f"saved by numpy. {self.save}") from None
         if fortran:
             return arr.reshape(shape[::-1]).transpose()
         return arr.reshape(shape)
@@ -167,26 +168,38 @@ def _labels(a: np.ndarray, path: Path, key: str, n: int, images_key: str) -> np.
     return a.astype(np.int64)
 
 
+@contextlib.contextmanager
+def open_npz(path: Path, what: str = "npz file", save: str = _SAVE):
+    """The arrays of the .npz at ``path`` (:class:`_Npz`), opened only if it is a regular file and a
+    zip archive; DataError naming ``path`` otherwise. ``save`` says how to write a good one."""
+    if not path.exists() and not path.is_symlink():
+        raise DataError(f"{what} not found: {path}.")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an .npz file. {save}")
+    with guard.open_regular(path, what) as f:
+        try:
+            start = f.read(6)
+            f.seek(0)
+            if start == b"\x93NUMPY":
+                raise DataError(f"{path} is a .npy file holding one array, not an .npz archive. {save}")
+            z = _Npz(f, path, save)
+        except DataError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, struct.error,
+                NotImplementedError) as e:
+            raise DataError(f"{path} is not a readable .npz file ({str(e) or type(e).__name__}). {save}") from None
+        with z.zip:
+            yield z
+
+
 def load(path: Path):
     """Return (train_x, train_y, test_x or None, test_y or None, class_names or None, origin)."""
     if not path.exists() and not path.is_symlink():
         raise DataError(f"npz file not found: {path}. Check the path given as npz:PATH.")
     if path.is_dir():
         raise DataError(f"{path} is a folder; use folder:{path} for a folder of images, or give npz: a .npz file.")
-    with guard.open_regular(path, ".npz file") as f:
-        try:
-            start = f.read(6)
-            f.seek(0)
-            if start == b"\x93NUMPY":
-                raise DataError(f"{path} is a .npy file holding one array, not an .npz archive. {_SAVE}")
-            z = _Npz(f, path)
-        except DataError:
-            raise
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, struct.error,
-                NotImplementedError) as e:
-            raise DataError(f"{path} is not a readable .npz file ({str(e) or type(e).__name__}). {_SAVE}") from None
-        with z.zip:
-            return _load(z, path)
+    with open_npz(path, ".npz file") as z:
+        return _load(z, path)
 
 
 def _load(z: _Npz, path: Path):

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import time
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -87,51 +84,21 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = 
     return result
 
 
-def _npz_images_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of the 'images' array of an .npz, read from its .npy header alone (nothing inflated)."""
-    with zipfile.ZipFile(path) as z:
-        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-        if "images" not in names:
-            raise DataError(f"{path} has no 'images' array (it has: {', '.join(names) or 'nothing'}); "
-                            "save samples with numpy.savez(path, images=samples).")
-        with z.open("images.npy") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise DataError(f"{path}: 'images' is stored in .npy format version {version}; save it with "
-                                "numpy.savez.")
-    return tuple(int(s) for s in shape), dtype
+_SAVE_SAMPLES = ("Save samples with numpy.savez(path, images=samples) or `genlab sample RUN -n N -o samples.npz`.")
 
 
 def _load_npz_images(path: Path) -> torch.Tensor:
-    from ..configcheck import check_memory
+    """The 'images' array of a samples .npz, read with the dataset reader's checks (regular file, zip,
+    each .npy header against the zip directory and the memory limit before anything is inflated)."""
+    from ..data.npz import open_npz
 
-    if not path.is_file():
-        raise DataError(f"sample file {path} does not exist.")
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            magic = f.read(6)
-        what = "a single .npy array" if magic == b"\x93NUMPY" else "not a zip archive, or cut short"
-        raise DataError(f"{path} is not an .npz file ({what}); save samples with numpy.savez(path, images=samples) "
-                        "or `genlab sample RUN -n N -o samples.npz`.")
-    try:
-        shape, dtype = _npz_images_header(path)
-        if dtype not in (np.uint8,) and not np.issubdtype(dtype, np.floating):
-            raise DataError(f"{path}: 'images' has dtype {dtype}; use float in [0, 1] or uint8 0..255.")
-        n_values = math.prod(shape)
-        # the array as stored, then as float32 (twice while it is clipped)
-        check_memory(n_values * (dtype.itemsize + 8), f"the samples in {path} (shape {shape}, {dtype})",
-                     "Evaluate fewer samples: save a subset with numpy.savez.")
-        with np.load(path, allow_pickle=False) as f:
-            arr = f["images"]
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it may be cut short or "
-                        "corrupt: write it again.") from None
+    with open_npz(path, "sample file", _SAVE_SAMPLES) as z:
+        if "images" not in z:
+            raise DataError(f"{path} has no 'images' array (it has: {', '.join(z.files) or 'nothing'}). "
+                            + _SAVE_SAMPLES)
+        arr = z.get("images", copies=3)  # as stored, then float32 (twice while it is clipped)
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"{path}: 'images' has dtype {arr.dtype}; use float in [0, 1] or uint8 0..255.")
     if arr.dtype == np.uint8:
         return torch.from_numpy(arr.copy())
     arr = arr.astype(np.float32)
