@@ -249,12 +249,16 @@ def _training_record(state: Any) -> dict[str, Any]:
 
 
 def _checkpoint_state(run_dir: Path) -> dict[str, Any] | None:
+    """The training state of a run's checkpoint (checked: a RunError names a bad field), or None."""
+    import dataclasses
+
     from ..training import checkpoint as ckpt
+    from ..training.trainer import TrainState
 
     path = run_dir / "checkpoints" / "last.safetensors"
     if not path.is_file():
         return None
-    return ckpt.read_checkpoint(path)[1]["state"]
+    return dataclasses.asdict(ckpt.state_from_meta(ckpt.read_checkpoint(path)[1], path, TrainState))
 
 
 def _train_preset(spec: ModelSpec, data: tuple[str, int | None, int | None], data_dir: str | None, budget: Budget,
