@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="override a model setting, e.g. --set z_dim=32 --set 'hidden=[256,128]'")
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/<model>-<data>, numbered if taken)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder given by --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the genlab run in --out (kept aside as .NAME.replaced until the new run's first "
+                        "checkpoint; a folder that is not a genlab run is never replaced)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
@@ -171,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--likelihood-k", type=int, metavar="K", help="VAEs: IWAE NLL with K importance samples (default: ELBO)")
     p.add_argument("--name", help="comparison folder name (default: from the data, models, budget and seed)")
     p.add_argument("--out-root", default="compare", metavar="DIR", help="parent folder of comparisons (default compare)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing comparison of that name and start over")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing comparison of that name (kept aside as .NAME.replaced until the new "
+                        "results are written; only a genlab comparison folder is ever replaced)")
     p.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda …")
     p.add_argument("--json", action="store_true", help="print results.json instead of a table")
     p.add_argument("--no-progress", action="store_true")
