@@ -8,6 +8,7 @@ the memory estimate instead of allocated.
 import dataclasses
 import json
 import math
+import re
 import typing
 
 import pytest
@@ -261,3 +262,14 @@ def test_config_json_errors_name_the_file_the_field_the_value_and_the_type(tmp_p
     (run / "config.json").write_text(json.dumps(d))
     with pytest.raises(GenlabError, match="would need about .* of memory.*config.json"):
         model_from_config(read_run_config(run))
+
+
+@pytest.mark.parametrize("settings, named", [({"epochs": "3"}, "epochs = '3'"), ({"batch_size": 0}, "batch_size = 0"),
+                                             ({"max_seconds": -1.0}, "max_seconds = -1.0"),
+                                             ({"seed": "x"}, "seed = 'x'"), ({"lr": float("nan")}, "lr = nan")])
+def test_the_python_api_checks_its_settings_before_any_work(tmp_path, settings, named):
+    import genlab
+
+    with pytest.raises(GenlabError, match=f"setting {re.escape(named)} is not valid"):
+        genlab.train("seed-vae", "digits", out=tmp_path / "run", progress=False, **settings)
+    assert not (tmp_path / "run").exists()  # refused before a run folder was made

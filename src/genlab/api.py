@@ -19,6 +19,7 @@ import torch
 from .data import load_dataset
 from .errors import GenlabError, RunError
 from .fileio import atomic_write_json, remove_orphan_tmp
+from .configcheck import build_dataclass
 from .models.base import GenerativeModel
 from .models.registry import build_model, make_config, resolve
 from .training import distributed
@@ -177,18 +178,20 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     """
     dist, this_device = distributed.setup(device)
     preset = resolve(model)
-    with distributed.main_first():  # a download or a cache is made once
-        dataset = load_dataset(data, data_dir=data_dir, image_size=image_size, channels=channels,
-                               progress=progress and dist.is_main)
     settings = {**preset.model_config, **model_settings}
     if lr is not None:
         settings["lr"] = lr
     model_cfg = make_config(preset.model, settings)
     overrides = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "max_seconds": max_seconds,
                  "precision": precision, "lr_schedule": lr_schedule}
-    train_cfg = TrainConfig(**{**preset.train, **{k: v for k, v in overrides.items() if v is not None},
-                               "seed": seed, "device": device, "compile": bool(compile),
-                               "channels_last": bool(channels_last)})
+    # checked against TrainConfig's field types before any data is read (genlab.train(epochs="3") names the field)
+    train_cfg = build_dataclass(TrainConfig, {**preset.train, **{k: v for k, v in overrides.items() if v is not None},
+                                              "seed": seed, "device": device, "compile": bool(compile),
+                                              "channels_last": bool(channels_last)},
+                                what="training setting", sep=" ")
+    with distributed.main_first():  # a download or a cache is made once
+        dataset = load_dataset(data, data_dir=data_dir, image_size=image_size, channels=channels,
+                               progress=progress and dist.is_main)
     train_cfg.precision = resolve_precision(train_cfg.precision, resolve_device(this_device))  # "auto": as trained
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     if max_seconds is not None and max_seconds <= 0:
@@ -252,17 +255,17 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
 def _continued_config(config: dict[str, Any], *, epochs, max_steps, max_seconds, device, precision, compile,
                       channels_last) -> TrainConfig:
     """The training settings of a resumed run: its own, with the changes a resume may make."""
-    train_cfg = train_config_from(config)
+    values = dataclasses.asdict(train_config_from(config))
     if epochs is not None:
-        train_cfg.epochs = epochs
-    train_cfg.max_steps = max_steps  # a stop at max_steps (or max_seconds) is not a limit for the continuation
-    train_cfg.max_seconds = max_seconds
+        values["epochs"] = epochs
+    values["max_steps"] = max_steps  # a stop at max_steps (or max_seconds) is not a limit for the continuation
+    values["max_seconds"] = max_seconds
     if device is not None:
-        train_cfg.device = device
+        values["device"] = device
     for name, value in (("precision", precision), ("compile", compile), ("channels_last", channels_last)):
         if value is not None:
-            setattr(train_cfg, name, value)
-    return train_cfg
+            values[name] = value
+    return build_dataclass(TrainConfig, values, what="training setting", sep=" ")
 
 
 def _resume_locked(run_dir: Path, held: Claim | None, config: dict[str, Any], changes: dict[str, Any], dist,
