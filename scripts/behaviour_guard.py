@@ -46,6 +46,7 @@ learning rate 1 % higher, another seed, one extra random draw).
     python scripts/behaviour_guard.py --check     # recompute and compare; exit 1 on a change
     python scripts/behaviour_guard.py --add       # record presets registered since the fixture was made
     python scripts/behaviour_guard.py --measure   # noise and real changes against the tolerances
+    python scripts/behaviour_guard.py --write-old-runs   # tests/fixtures/behaviour/old-runs/ (see OLD_RUN_ARGS)
 
 Run it with genlab importable (``PYTHONPATH=src`` or the editable install). ``--write`` only ever
 on code whose behaviour is the reference. ``tests/test_behaviour_guard.py`` runs these same cases
@@ -106,7 +107,7 @@ class Case:
         return f"{self.preset}@{self.data}"
 
     @staticmethod
-    def parse(name: str) -> "Case":
+    def parse(name: str) -> Case:
         preset, _, data = name.rpartition("@")
         if not preset or data not in ("fashion-28", "colour-32"):
             raise SystemExit(f"case {name!r} is not PRESET@fashion-28 or PRESET@colour-32")
@@ -259,13 +260,19 @@ def describe(model) -> dict:
         a = t.detach().cpu().contiguous().numpy()
         digest.update(f"{name}|{a.dtype}|{list(a.shape)}|".encode())
         digest.update(a.tobytes())
-        if np.issubdtype(a.dtype, np.floating):
-            x = a.astype(np.float64).ravel()
-            stats = [float(x.sum()), float(x @ x), *(float(v) for v in _vectors(x.size) @ x)]
-        else:
-            stats = [int(a.astype(np.int64).sum())]
-        tensors[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "stats": stats}
+        tensors[name] = signature(a)
     return {"parameters": model.parameter_count(), "sha256": digest.hexdigest(), "tensors": tensors}
+
+
+def signature(a: np.ndarray) -> dict:
+    """{"shape", "dtype", "stats"} of one array: [sum, sum of squares, projections...] in float64,
+    or [exact sum] for integers."""
+    if np.issubdtype(a.dtype, np.floating):
+        x = a.astype(np.float64).ravel()
+        stats = [float(x.sum()), float(x @ x), *(float(v) for v in _vectors(x.size) @ x)]
+    else:
+        stats = [int(a.astype(np.int64).sum())]
+    return {"shape": list(a.shape), "dtype": str(a.dtype), "stats": stats}
 
 
 def _change(ref: dict, new: dict) -> float | None:
@@ -454,6 +461,116 @@ def measure(fixture: dict, names: list[str], log) -> None:
             + "  ".join(f"{d:12.1e}{'x' if d > rec['tolerance'] else ' '}" for d in row))
 
 
+# -- old run folders -------------------------------------------------------------------------
+OLD_RUNS = ROOT / "tests" / "fixtures" / "behaviour" / "old-runs"
+#: Small runs written by the reference code, which later code must still load, sample, evaluate
+#: and resume. The seed presets' own widths would make checkpoints of 2-5 MB (weights and Adam
+#: moments), so the hidden widths and z are smaller; the architecture is the presets' otherwise.
+OLD_RUN_ARGS = {
+    "seed-vae": ["seed-vae", "--set", "hidden=[64,32]", "--set", "z_dim=8"],
+    "seed-gan": ["seed-gan", "--set", "hidden=64", "--set", "z_dim=16"],
+}
+#: digits: 1,437 training images in batches of 128 make 12 steps an epoch; the run stops inside
+#: its second epoch (a resume must restore the position in the epoch, not only the weights).
+OLD_RUN_TRAIN = ["--data", "digits", "--epochs", "3", "--max-steps", "18", "--seed", "0", "--device", "cpu",
+                 "--precision", "fp32", "--no-progress"]
+OLD_RUN_STEP = 18
+OLD_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints/last.safetensors", "checkpoints/last.json",
+                 "samples/epoch-0001.png")
+OLD_RUN_SAMPLES = 16  # images sampled at seed 0 for the stored signature
+OLD_RUN_TOLERANCE = 1e-4  # relative: a forward pass on another CPU differs by about 1e-7
+
+
+def old_run_outputs(run_dir: Path) -> dict:
+    """What a loaded old run computes: its parameter count, the signature and hash of
+    OLD_RUN_SAMPLES images sampled at seed 0, and its held-out evaluation (the VAE's test ELBO) on
+    digits with the evaluation generator at seed 0."""
+    import torch
+
+    import genlab
+    from genlab.data import load_dataset
+
+    model = genlab.load(run_dir)
+    with torch.no_grad():
+        images = model.sample(OLD_RUN_SAMPLES, generator=torch.Generator().manual_seed(0))
+        test = load_dataset("digits", progress=False).test
+        evaluation = model.evaluate(test.images, test.labels, generator=torch.Generator().manual_seed(0))
+    a = images.detach().cpu().contiguous().numpy()
+    return {"parameters": model.parameter_count(), "samples": signature(a),
+            "samples_sha256": hashlib.sha256(a.tobytes()).hexdigest(), "evaluation": evaluation}
+
+
+def relative_change(ref: dict, new: dict) -> float:
+    """||new - ref|| / ||ref|| of one array, estimated from signature() projections."""
+    change = _change(ref, new)
+    return math.inf if change is None else math.sqrt(change / max(ref["stats"][1], 1e-300))
+
+
+def check_old_runs() -> tuple[list[str], bool]:
+    """(report lines, whether every old run folder loads and computes what it did when written)."""
+    import shutil
+
+    expected = json.loads((OLD_RUNS / "expected.json").read_text())
+    same_machine = expected["machine"] == machine()
+    lines, ok = [], True
+    for name, ref in expected["runs"].items():
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / name
+            shutil.copytree(OLD_RUNS / name, run)
+            try:
+                out = old_run_outputs(run)
+            except Exception as e:  # noqa: BLE001 - reported: the old run no longer loads
+                lines.append(f"old run {name:20s} FAILS: {type(e).__name__}: {e}")
+                ok = False
+                continue
+        change = relative_change(ref["samples"], out["samples"])
+        evaluation = all(k in out["evaluation"] and math.isclose(out["evaluation"][k], v, rel_tol=OLD_RUN_TOLERANCE)
+                         for k, v in ref["evaluation"].items())
+        exact = out["samples_sha256"] == ref["samples_sha256"] and out["evaluation"] == ref["evaluation"]
+        bad = (out["parameters"] != ref["parameters"] or change > OLD_RUN_TOLERANCE or not evaluation
+               or (same_machine and not exact))
+        ok &= not bad
+        lines.append(f"old run {name:20s} {'CHANGED' if bad else 'same':8s} samples moved {change:.2e}, evaluation "
+                     f"{out['evaluation']} (recorded {ref['evaluation']})  {'bit-identical' if exact else 'bits differ'}")
+    return lines, ok
+
+
+def _code_version() -> str:
+    import genlab
+
+    src = Path(genlab.__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"genlab {genlab.__version__} at {src}"
+    return f"genlab {genlab.__version__}, commit {rev}{' with uncommitted changes' if dirty else ''}"
+
+
+def write_old_runs(log) -> None:
+    """Train the OLD_RUN_ARGS runs with the genlab importable now (the CLI, as a user would) and
+    keep OLD_RUN_FILES of each in OLD_RUNS/<name>, with what they compute in expected.json."""
+    import shutil
+
+    expected = {"written_by": _code_version(), "machine": machine(), "train": OLD_RUN_TRAIN, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model_args in OLD_RUN_ARGS.items():
+            run = Path(tmp) / name
+            cmd = [sys.executable, "-m", "genlab", "train", *model_args, *OLD_RUN_TRAIN, "--out", str(run)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            dest = OLD_RUNS / name
+            shutil.rmtree(dest, ignore_errors=True)
+            for f in OLD_RUN_FILES:
+                (dest / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run / f, dest / f)
+            expected["runs"][name] = {"args": model_args, **old_run_outputs(dest)}
+            size = sum((dest / f).stat().st_size for f in OLD_RUN_FILES)
+            log(f"{dest.relative_to(ROOT)}: {size:,} bytes, {expected['runs'][name]['parameters']:,} parameters")
+    _save(OLD_RUNS / "expected.json", expected)
+
+
 # -- the command -----------------------------------------------------------------------------
 def _save(path: Path, record: dict) -> None:
     from genlab.fileio import atomic_write_bytes
@@ -468,7 +585,10 @@ def main(argv=None) -> int:
     mode.add_argument("--write", action="store_true", help="record every case (on the reference code only)")
     mode.add_argument("--check", action="store_true", help="recompute the fixture's cases and compare")
     mode.add_argument("--add", action="store_true", help="record the cases of presets the fixture lacks")
-    mode.add_argument("--measure", action="store_true", help="the fixture's tolerances against the effect of real changes")
+    mode.add_argument("--measure", action="store_true",
+                      help="the fixture's tolerances against the effect of real changes")
+    mode.add_argument("--write-old-runs", action="store_true",
+                      help=f"train the old run folders of {OLD_RUNS.relative_to(ROOT)} (reference code only)")
     mode.add_argument("--signatures", type=Path, metavar="JSON", help=argparse.SUPPRESS)  # a noise run's output
     p.add_argument("--fixture", type=Path, default=FIXTURE, help=f"default: {FIXTURE.relative_to(ROOT)}")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="PRESET@fashion-28 / PRESET@colour-32; default: all")
@@ -481,6 +601,9 @@ def main(argv=None) -> int:
     if args.signatures:
         with tempfile.TemporaryDirectory() as tmp:
             args.signatures.write_text(json.dumps(run_cases(args.cases, Path(tmp), nudge=args.nudge)))
+        return 0
+    if args.write_old_runs:
+        write_old_runs(log)
         return 0
     if args.write or args.add:
         names = args.cases or current_cases()
@@ -511,6 +634,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         results = run_cases([n for n in names if n in known], Path(tmp))
     lines, ok = check({**fixture, "cases": {n: fixture["cases"][n] for n in names}}, results)
+    if not args.cases:
+        old_lines, old_ok = check_old_runs()
+        lines, ok = lines + old_lines, ok and old_ok
     for line in lines:
         log(line)
     unguarded = sorted(known - set(fixture["cases"]))
