@@ -44,6 +44,16 @@ def test_every_registered_preset_is_guarded():
     assert not unguarded, f"record them with `python scripts/behaviour_guard.py --add`: {unguarded}"
 
 
+# On another CPU (other kernels, other summation order) the signatures are compared with each case's
+# measured tolerance (10x the largest of its perturbed runs) only where that tolerance is fine
+# (<= FINE: the MLP and most VAE cases, where real changes land 10-10,000x above it). In the
+# BatchNorm / spectral-norm GANs and conv VAEs Adam amplifies rounding noise to the size of small
+# real changes, with a heavy tail; there a foreign CPU checks only a coarse bound (COARSE), which
+# still catches another seed or initialisation order (distances 0.87-2.2), and the fine check needs
+# the fixture's machine or `scripts/behaviour_guard.py --check` run before and after a change on one.
+FINE, COARSE = 1e-3, 0.6
+
+
 @pytest.mark.parametrize("name", list(FIXTURE["cases"]))
 def test_weights_after_20_steps_are_the_recorded_ones(results, name):
     ref = FIXTURE["cases"][name]
@@ -52,10 +62,13 @@ def test_weights_after_20_steps_are_the_recorded_ones(results, name):
     assert c["parameters"][0] == c["parameters"][1], f"{name}: parameter count {c['parameters']}"
     assert not c["missing"] and not c["extra"], \
         f"{name}: state_dict tensors missing {c['missing']}, new {c['extra']} (renamed: {c['renamed']})"
-    assert c["distance"] <= ref["tolerance"], (
-        f"{name}: module {c['module']} moved by {c['distance']:.2e} (relative), above the tolerance "
-        f"{ref['tolerance']:.1e} that rounding differences stay under; most changed tensor: {c['tensor']}")
-    if FIXTURE["machine"] == guard.machine():
+    same_machine = FIXTURE["machine"] == guard.machine()
+    limit = ref["tolerance"] if same_machine or ref["tolerance"] <= FINE else max(ref["tolerance"], COARSE)
+    assert c["distance"] <= limit, (
+        f"{name}: module {c['module']} moved by {c['distance']:.2e} (relative), above the limit {limit:.1e} "
+        f"that rounding differences stay under (tolerance {ref['tolerance']:.1e}); most changed tensor: "
+        f"{c['tensor']}")
+    if same_machine:
         assert c["same_bytes"], f"{name}: on the fixture's CPU and torch build the weights must be bit-identical"
 
 
