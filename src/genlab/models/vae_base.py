@@ -283,19 +283,19 @@ class VAE(FittedPriorMixin, GenerativeModel):
         if c.binarize:  # the binarized-MNIST protocol of the IWAE literature
             x = ctx.bernoulli(x)
         beta = self.beta_at(step)
-        logs: dict[str, Tensor] = {}
+        parts: dict[str, Tensor] = {}  # the objective's parts, logged after the loss
         if c.iwae_k > 1:  # maximise L_k (Burda et al. 2015, eq. 8)
             noise = ctx.randn(c.iwae_k, n, c.z_dim, device=x.device, batch_dim=1)
             with ctx.autocast():
                 bound = self.iwae_bound(x, labels, noise=noise, beta=beta)
             loss = -self._reduce(bound)
-            logs["iwae_bound"] = bound.detach().mean()
+            parts["iwae_bound"] = bound.detach().mean()
         else:  # minimise -ELBO = recon + beta * KL
             noise = ctx.randn(n, c.z_dim, device=x.device)  # the reparameterization's noise
             with ctx.autocast():
                 terms = self.loss_terms(x, labels, noise=noise, beta=beta)
             loss = self._reduce(terms["neg_elbo"])
-            logs.update(recon=terms["recon"].detach().mean(), kl=terms["kl"].detach().mean())
+            parts.update(recon=terms["recon"].detach().mean(), kl=terms["kl"].detach().mean())
         opt = optimizers["vae"]
         opt.zero_grad(set_to_none=True)
         ctx.backward(loss, "vae", reduction=self.batch_reduction)
@@ -310,7 +310,7 @@ class VAE(FittedPriorMixin, GenerativeModel):
             decay = self.ema_decay_at(step)
             for name in self._NETS:
                 ema_update(self.averaged[name], getattr(self, name), decay)
-        logs["loss"] = loss.detach() / n if self.batch_reduction == "sum" else loss.detach()
+        logs = {"loss": loss.detach() / n if self.batch_reduction == "sum" else loss.detach(), **parts}  # per image
         if c.kl_warmup_steps > 0 or self.refits_encoder:  # the KL weight varies: log it
             logs["beta"] = torch.tensor(beta, device=x.device)
         return logs
