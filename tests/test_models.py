@@ -94,7 +94,12 @@ def test_dynamic_binarization_trains_on_fresh_binary_draws():
     model = build_model("mlp-vae", {"binarize": True}, (1, 8, 8))
     seen = []
     original = model.loss_terms
-    model.loss_terms = lambda x, noise=None, beta=None: seen.append(x.clone()) or original(x, noise, beta)
+
+    def spy(x, labels=None, noise=None, beta=None):
+        seen.append(x.clone())
+        return original(x, labels, noise, beta)
+
+    model.loss_terms = spy
     grey = torch.full((64, 1, 8, 8), 0.3)
     opts = model.configure_optimizers()
     model.train_step(Batch(grey), 0, opts)

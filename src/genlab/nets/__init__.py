@@ -8,16 +8,18 @@ from .conv import (
     apply_spectral_norm,
     conv_plan,
     dcgan_init,
-    ema_update,
     has_batchnorm,
 )
-from .mlp import mlp
+from .ema import ema_update, warmed_up_ema_decay
+from .mlp import MLPDecoder, MLPEncoder, mlp
 
 __all__ = [
     "ConvDecoder",
     "ConvDiscriminator",
     "ConvEncoder",
     "ConvPlan",
+    "MLPDecoder",
+    "MLPEncoder",
     "ProjectionHead",
     "apply_spectral_norm",
     "conv_plan",
@@ -28,4 +30,5 @@ __all__ = [
     "mlp",
     "one_hot",
     "require_labels",
+    "warmed_up_ema_decay",
 ]

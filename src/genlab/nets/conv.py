@@ -18,6 +18,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import GenlabError
 from .conditioning import ProjectionHead
+from .ema import ema_update  # noqa: F401  (its home before nets/ema.py)
 
 MAX_WIDTH_MULTIPLIER = 8
 MAX_BASE = 16
@@ -181,13 +182,3 @@ def dcgan_init(module: nn.Module) -> nn.Module:
 
 def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, online: nn.Module, decay: float) -> None:
-    """Exponential moving average of weights: w_ema = decay * w_ema + (1 - decay) * w, and
-    buffers (BatchNorm statistics, spectral-norm vectors) copied from ``online``."""
-    for e, w in zip(ema.parameters(), online.parameters()):
-        e.mul_(decay).add_(w, alpha=1.0 - decay)
-    for e, b in zip(ema.buffers(), online.buffers()):
-        e.copy_(b)
