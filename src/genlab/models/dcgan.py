@@ -29,6 +29,7 @@ from ..nets import (
     one_hot,
     require_labels,
 )
+from ..nets.ema import warmed_up_ema_decay
 from . import losses
 from .base import Batch, GenerativeModel, adam
 
@@ -106,10 +107,9 @@ class DCGAN(GenerativeModel):
         return self.discriminator(x, labels if self.label_dim else None)
 
     def ema_decay_at(self, step: int) -> float:
-        """The EMA decay after ``step``: min(decay, (1 + t) / (10 + t)), t = generator updates so far,
-        so the average forgets the random initialization within the first few hundred updates."""
-        t = (step + 1) // self.config.n_critic
-        return min(self.config.ema_decay, (1.0 + t) / (10.0 + t))
+        """The EMA decay after ``step`` (:func:`~genlab.nets.ema.warmed_up_ema_decay`), counted in
+        generator updates."""
+        return warmed_up_ema_decay(self.config.ema_decay, (step + 1) // self.config.n_critic)
 
     # -- the common interface ----------------------------------------------------------------
     def configure_optimizers(self):
