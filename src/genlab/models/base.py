@@ -9,17 +9,12 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Iterable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-
-class Batch(NamedTuple):
-    """A training batch: float images in [0, 1], shape (B, C, H, W), and int64 labels or None."""
-
-    images: Tensor
-    labels: Tensor | None = None
+from ..batch import Batch  # re-exported: models import it from here
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
