@@ -115,3 +115,22 @@ def test_mlp_vae_decoder_can_be_sized_apart_from_the_encoder():
     assert [m.out_features for m in default.decoder if isinstance(m, torch.nn.Linear)] == [128, 256, 784]
     with pytest.raises(GenlabError, match="decoder_hidden"):
         build_model("mlp-vae", {"decoder_hidden": (64, 0)}, (1, 28, 28))
+
+
+def test_every_model_has_its_own_default_step_context():
+    """The plain fp32 context a model trains through outside the Trainer is its own: state set on one
+    model's (here the budget progress that starts an encoder refit) never reaches another model."""
+    from genlab.models.base import StepContext
+
+    cfg = {"hidden": [32, 16], "z_dim": 4, "encoder_refit_fraction": 0.5}
+    a, b = (build_model("mlp-vae", cfg, (1, 8, 8)) for _ in range(2))
+    assert type(a.step_context) is StepContext and a.step_context is not b.step_context
+    a.step_context.budget_progress = 0.9  # a is past half its budget: in its encoder-refit phase
+    assert b.step_context.budget_progress == 0.0
+    batch = Batch(torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    moved = {}
+    for name, model in (("a", a), ("b", b)):
+        before = [p.detach().clone() for p in model.decoder.parameters()]
+        model.train_step(batch, 0, model.configure_optimizers())
+        moved[name] = any(not torch.equal(p, q) for p, q in zip(before, model.decoder.parameters()))
+    assert moved == {"a": False, "b": True}  # only a refits its encoder alone; b trains as a whole

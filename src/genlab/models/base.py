@@ -99,11 +99,12 @@ class GenerativeModel(nn.Module):
     """
 
     family: ClassVar[str] = ""
-    # how train_step runs its passes; the Trainer replaces this plain fp32 single-process one
-    step_context: StepContext = StepContext()
 
     def __init__(self, config: Any, image_shape: tuple[int, int, int], num_classes: int = 0):
         super().__init__()
+        # how train_step runs its passes: this model's own plain fp32 single-process context (one per
+        # model, as it carries state such as budget_progress) until the Trainer sets its own
+        self.step_context: StepContext = StepContext()
         self.config = config
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
