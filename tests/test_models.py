@@ -81,11 +81,15 @@ def test_users_register_their_own_model_without_editing_genlab():
         """A two-dimensional latent space for plotting."""
 
     register_model("tiny-vae-test", TinyVAE, MLPVAEConfig)
-    register_preset("tiny-vae-test-preset", "tiny-vae-test", "z=2", {"z_dim": 2, "hidden": [32]}, {"epochs": 1})
+    register_preset("tiny-vae-test-preset", "tiny-vae-test", "z=2", {"z_dim": 2, "hidden": [32]}, {"epochs": 1},
+                    why="latents to plot")
     try:
         preset = resolve("tiny-vae-test-preset")
+        assert preset.why == "latents to plot" and preset.train == {"epochs": 1}
         model = build_model(preset.model, preset.model_config, (1, 8, 8))
         assert isinstance(model, TinyVAE) and model.config.hidden == (32,) and model.config.z_dim == 2
+        with pytest.raises(ValueError, match="one line"):  # measurements go in the docs, not in a preset
+            register_preset("tiny-vae-test-preset", "tiny-vae-test", "z=2", why="FID 12.3 after 5 min\non a Zen 3")
     finally:
         MODELS.pop("tiny-vae-test"), PRESETS.pop("tiny-vae-test-preset")
 

@@ -81,6 +81,8 @@ def test_spectral_norm_keeps_the_top_singular_value_of_every_weight_at_one():
 
 def test_the_zoo_presets_are_registered_with_their_training_budgets():
     assert set(ZOO_PRESETS) <= set(PRESETS)
+    for preset in PRESETS.values():  # each says in one line why it is offered (docs/presets.md prints it)
+        assert preset.why and "\n" not in preset.why and preset.why != preset.description, preset.name
     for name in ZOO_PRESETS:
         train = PRESETS[name].train
         assert train["epochs"] >= 1 and train["batch_size"] in (64, 128)
