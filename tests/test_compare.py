@@ -2,11 +2,8 @@
 import copy
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +17,6 @@ from genlab.data import load_dataset
 from genlab.errors import GenlabError
 from genlab.eval import fingerprint
 from genlab.training import checkpoint as ckpt
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(scope="module", autouse=True)
