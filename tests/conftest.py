@@ -51,3 +51,28 @@ def offline(monkeypatch, tmp_path):
     for name in dl.MIRRORS:
         monkeypatch.setitem(dl.MIRRORS, name, [dead])
     return cache
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """A training clock that counts steps: ``step_clock(model, tick)`` makes ``time.perf_counter`` (the
+    Trainer's clock) stand still except that every ``train_step`` of registered model ``model`` advances it
+    by ``tick`` seconds. A time limit then ends a run after a known number of steps on any machine, however
+    slow (a tick that is a power of two keeps the sums exact)."""
+    import time
+
+    from genlab.models import MODELS
+
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    def drive(model: str, tick: float) -> None:
+        cls = MODELS[model].cls
+        train_step = cls.train_step
+
+        def timed_step(self, *args, **kwargs):
+            logs = train_step(self, *args, **kwargs)
+            now[0] += tick
+            return logs
+        monkeypatch.setattr(cls, "train_step", timed_step)
+    return drive

@@ -59,13 +59,42 @@ def test_reconstruct_writes_originals_beside_reconstructions(vae_run, tmp_path):
     assert same < other
 
 
+def help_entries(text: str, section: str, indent: int = 2) -> dict[str, str]:
+    """The entries of one section of argparse's help ("options", "positional arguments"), those indented by
+    ``indent`` spaces (4 for the commands, listed under COMMAND): first word of each entry (a command, or an
+    option's longest spelling) -> its help text. The usage line and the examples of the epilog are other
+    sections, so they cannot stand in for an entry's help."""
+    lines = text.split(f"\n{section}:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    entries: dict[str, list[str]] = {}
+    key = None
+    for line in lines:
+        depth = len(line) - len(line.lstrip())
+        if depth == indent:  # an entry: its name, and its help on this line or the next ones
+            names, _, rest = line.strip().partition("  ")
+            key = max((n.split()[0] for n in names.split(", ")), key=len)  # "-o OUTPUT, --output OUTPUT" -> "--output"
+            entries[key] = [rest.strip()]
+        elif depth > indent and key is not None:  # the help of the last entry, continued
+            entries[key].append(line.strip())
+        else:
+            key = None
+    return {k: " ".join(w for w in v if w) for k, v in entries.items()}
+
+
 def test_help_texts_explain_every_command():
     r = genlab("--help")
     assert r.returncode == 0
-    for cmd in ("train", "sample", "reconstruct", "datasets", "models", "demo"):
-        assert cmd in r.stdout
+    commands = help_entries(r.stdout, "positional arguments", indent=4)
+    assert {"train", "sample", "reconstruct", "eval", "compare", "datasets", "models", "demo"} <= set(commands)
+    assert all(len(text.split()) >= 3 for text in commands.values()), commands  # each one explained
+    assert "samples" in commands["sample"] and "list" in commands["models"]
     r = genlab("train", "--help")
-    assert "--resume" in r.stdout and "--g-loss" in r.stdout and "fashion-mnist" in r.stdout
+    assert r.returncode == 0
+    options = help_entries(r.stdout, "options")
+    assert {"--data", "--epochs", "--resume", "--max-minutes", "--set", "--out", "--precision"} <= set(options)
+    missing = [o for o, text in options.items() if not text]
+    assert not missing, f"train options without a help text: {missing}"
+    assert "fashion-mnist" in options["--data"] and "checkpoint" in options["--resume"]
+    assert "minutes" in options["--max-minutes"] and "z_dim" in options["--set"]
 
 
 def test_models_and_datasets_list_what_is_there():

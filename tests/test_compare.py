@@ -2,11 +2,8 @@
 import copy
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +13,10 @@ from PIL import Image
 import genlab
 from genlab.compare import format_results, parse_budget, run_compare, summarize
 from genlab.compare.driver import default_name, parse_models
+from genlab.data import load_dataset
 from genlab.errors import GenlabError
+from genlab.eval import fingerprint
 from genlab.training import checkpoint as ckpt
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,39 +63,46 @@ def test_budget_train_overrides():
 
 # ----------------------------------------------------------------------------- the Trainer's time limit
 
-def test_max_seconds_stops_with_checkpoint_and_grid_and_can_be_resumed(tmp_path):
+@pytest.mark.parametrize("limit, steps", [(1.0, 8), (1.5, 12)])  # inside the first epoch; at its end
+def test_max_seconds_stops_with_checkpoint_and_grid_and_can_be_resumed(tmp_path, step_clock, limit, steps):
+    step_clock("mlp-vae", 0.125)  # each step takes 1/8 s of training time (tests/conftest.py)
     run = tmp_path / "timed"
-    res = genlab.train("seed-vae", "digits", out=run, epochs=100_000, max_seconds=1.0, progress=False, device="cpu")
+    res = genlab.train("seed-vae", "digits", out=run, epochs=100_000, max_seconds=limit, progress=False, device="cpu")
     assert res.status == "max_seconds"
     st = state_of(run)
-    assert 1.0 <= st["train_seconds"] < 30 and st["step"] == res.state.step > 0
+    # the first step at which the time used reaches the limit ends the run (digits: 12 steps an epoch)
+    assert st["train_seconds"] == limit and st["step"] == res.state.step == steps
+    assert (st["epoch"], st["batch_in_epoch"]) == ((0, steps) if steps < 12 else (1, 0))
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    stop = [x for x in lines if x.get("event") == "max_seconds"]
     if st["batch_in_epoch"]:  # stopped inside an epoch: a grid of the epoch in progress and a log line
-        stop = [x for x in lines if x.get("event") == "max_seconds"]
         assert len(stop) == 1 and stop[0]["step"] == st["step"]
         assert (run / stop[0]["samples"]).is_file()
         assert stop[0]["samples"] == f"samples/epoch-{st['epoch'] + 1:04d}.png"
-    else:
-        assert (run / "samples" / f"epoch-{st['epoch']:04d}.png").is_file()
-    assert json.loads((run / "config.json").read_text())["train"]["max_seconds"] == 1.0
+    else:  # at an epoch's end: that epoch's own grid
+        assert stop == [] and (run / "samples" / f"epoch-{st['epoch']:04d}.png").is_file()
+    assert json.loads((run / "config.json").read_text())["train"]["max_seconds"] == limit
     # a time-limited run that reached its limit does not train on when run again with the same limit
-    again = genlab.resume(run, max_seconds=1.0, progress=False)
+    again = genlab.resume(run, max_seconds=limit, progress=False)
     assert again.status == "max_seconds" and state_of(run)["step"] == st["step"]
     # ... and --resume continues it (here: to the end of the next epoch)
     done = genlab.resume(run, epochs=st["epoch"] + 1, progress=False)
     assert done.status == "completed"
     after = state_of(run)
-    assert after["step"] > st["step"] and after["batch_in_epoch"] == 0 and after["epoch"] == st["epoch"] + 1
+    assert after["step"] == 12 * (st["epoch"] + 1) and after["batch_in_epoch"] == 0 and after["epoch"] == st["epoch"] + 1
 
 
-def test_cli_train_max_minutes(tmp_path):
-    env = {**os.environ, "PYTHONPATH": SRC}
-    r = subprocess.run([sys.executable, "-m", "genlab", "train", "seed-gan", "--epochs", "100000", "--max-minutes",
-                        "0.01", "--out", str(tmp_path / "g"), "--no-progress"], env=env, capture_output=True,
-                       text=True, timeout=300, check=False)
-    assert r.returncode == 0, r.stderr
-    assert "stopped at the time limit" in r.stdout and f"genlab train --resume {tmp_path / 'g'}" in r.stdout
-    assert state_of(tmp_path / "g")["train_seconds"] >= 0.6
+def test_cli_train_max_minutes(tmp_path, capsys, step_clock):
+    from genlab.cli import main
+
+    step_clock("mlp-gan", 0.125)  # --max-minutes 0.01 is 0.6 s: reached in the 5th step of 1/8 s
+    run = tmp_path / "g"
+    assert main(["train", "seed-gan", "--epochs", "100000", "--max-minutes", "0.01", "--out", str(run),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped at the time limit" in out and f"genlab train --resume {run}" in out
+    st = state_of(run)
+    assert st["step"] == 5 and st["train_seconds"] == 0.625
 
 
 # ----------------------------------------------------------------------------- summary in words
@@ -237,7 +241,7 @@ def test_compare_writes_results_and_a_self_contained_report(compared):
     s = results["settings"]
     assert (s["data"], s["seed"], s["samples"], s["budget"]["kind"], s["budget"]["value"]) == ("digits", 0, 300,
                                                                                               "epochs", 3)
-    assert len(s["evaluator_fingerprint"]) == 64
+    assert s["evaluator_fingerprint"] == fingerprint(load_dataset("digits"))  # recomputed from the data
     names = [m["name"] for m in results["models"]]
     assert names == ["seed-vae", "seed-gan"]
     vae, gan = results["models"]
@@ -319,13 +323,14 @@ def test_reused_run_folders_are_never_written_into(compared, tmp_path):
     assert out.results["models"][0]["source"] == "run"
 
 
-def test_time_and_image_budgets(tmp_path):
+def test_time_and_image_budgets(tmp_path, step_clock):
     out = run_compare(["seed-gan"], "digits", "1000img", samples=200, out_root=tmp_path, progress=False, log=quiet)
     m = out.results["models"][0]
     assert m["steps"] == math.ceil(1000 / 128) and m["images_seen"] >= 1000
+    step_clock("mlp-vae", 0.125)  # each step takes 1/8 s of training time (tests/conftest.py)
     out = run_compare(["seed-vae"], "digits", "2s", samples=200, out_root=tmp_path, progress=False, log=quiet)
     st = state_of(out.folder / "runs" / "seed-vae")
-    assert 2.0 <= st["train_seconds"] < 30
+    assert st["train_seconds"] == 2.0 and st["step"] == 16  # the time budget ended the run at 2 s: 16 steps
     log = []
     run_compare(["seed-vae"], "digits", "2s", samples=200, out_root=tmp_path, progress=False, log=log.append)
     assert any("trained (2s of training time per model), reusing" in x for x in log)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -580,3 +583,23 @@ def test_image_split_validates():
         ImageSplit(torch.zeros(3, 1, 2, 2), None)
     with pytest.raises(ValueError):
         ImageSplit(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.arange(2))
+
+
+def test_the_data_layer_imports_nothing_from_the_models():
+    """data/ sits below models/: every data module imports without loading any genlab.models module, and
+    the batches it hands out are the models' own Batch class."""
+    code = ("import importlib, pkgutil, sys, genlab.data\n"
+            "for m in pkgutil.iter_modules(genlab.data.__path__): importlib.import_module('genlab.data.' + m.name)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('genlab.models')))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": src}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    from genlab.batch import Batch
+    from genlab.data.batches import BatchIterator
+    from genlab.models import base
+
+    assert base.Batch is Batch
+    it = BatchIterator(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), None, 2, torch.Generator().manual_seed(0))
+    assert all(type(b) is Batch for b in it.epoch())

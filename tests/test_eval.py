@@ -272,7 +272,7 @@ def test_calibration_ordering_on_fashion_mnist(tmp_path):
     assert rows["real-train"]["classes_covered"] == 10 and rows["half-classes"]["classes_covered"] <= 6
 
 
-def test_cli_eval_scores_a_run_and_calibrates(vae_run, tmp_path):
+def test_cli_eval_scores_a_run_and_calibrates(vae_run, digits, tmp_path):
     import os
     import subprocess
     import sys
@@ -286,7 +286,11 @@ def test_cli_eval_scores_a_run_and_calibrates(vae_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "FID" in r.stdout and "eval.json" in r.stdout
     saved = json.loads((vae_run.run_dir / "eval.json").read_text())
-    assert saved["protocol"]["n_samples"] == 500 and "fingerprint" in json.dumps(saved["protocol"])
+    assert saved["protocol"]["n_samples"] == 500
+    # the evaluator that scored it is the one of the run's data: its fingerprint, recomputed here, names the
+    # evaluator the command trained into its cache
+    fp = saved["protocol"]["evaluator_fingerprint"]
+    assert fp == fingerprint(digits) and (tmp_path / "cache" / "evaluators" / fp / "weights.safetensors").is_file()
     r = run("eval", "--calibrate", "--data", "digits", "-n", "300", "--no-progress")
     assert r.returncode == 0, r.stderr
     for name in ("real-train", "uniform-noise", "blurred-train", "half-classes", "single-image"):

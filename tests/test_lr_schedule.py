@@ -62,12 +62,14 @@ def test_under_a_time_limit_the_schedule_follows_whichever_limit_comes_first():
     assert trainer.budget_progress(total_steps=100, seconds=500.0) == 0.1  # no time limit: steps alone
 
 
-def test_a_time_budget_decays_the_rate_to_near_zero_by_its_end(tmp_path):
+def test_a_time_budget_decays_the_rate_to_near_zero_by_its_end(tmp_path, step_clock):
+    step_clock("mlp-vae", 0.125)  # each step takes 1/8 s of training time (tests/conftest.py): 32 in 4 s
     res = genlab.train("seed-vae", "digits", out=tmp_path / "run", epochs=100_000, max_seconds=4.0,
                        lr_schedule="cosine", progress=False)
-    assert res.status == "max_seconds"
+    assert res.status == "max_seconds" and res.state.step == 32
     [group] = optimizer_groups(res.run_dir)
-    # the rate of the last step, which began less than one step's time before the limit
+    # the rate of the last step, which began at 31/32 of the time budget (its share of the epochs is far less)
+    assert group["lr"] == pytest.approx(group["initial_lr"] * lr_factor("cosine", 31 / 32), rel=1e-9)
     assert group["lr"] < 0.01 * group["initial_lr"]
 
 

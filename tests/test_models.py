@@ -81,11 +81,15 @@ def test_users_register_their_own_model_without_editing_genlab():
         """A two-dimensional latent space for plotting."""
 
     register_model("tiny-vae-test", TinyVAE, MLPVAEConfig)
-    register_preset("tiny-vae-test-preset", "tiny-vae-test", "z=2", {"z_dim": 2, "hidden": [32]}, {"epochs": 1})
+    register_preset("tiny-vae-test-preset", "tiny-vae-test", "z=2", {"z_dim": 2, "hidden": [32]}, {"epochs": 1},
+                    why="latents to plot")
     try:
         preset = resolve("tiny-vae-test-preset")
+        assert preset.why == "latents to plot" and preset.train == {"epochs": 1}
         model = build_model(preset.model, preset.model_config, (1, 8, 8))
         assert isinstance(model, TinyVAE) and model.config.hidden == (32,) and model.config.z_dim == 2
+        with pytest.raises(ValueError, match="one line"):  # measurements go in the docs, not in a preset
+            register_preset("tiny-vae-test-preset", "tiny-vae-test", "z=2", why="FID 12.3 after 5 min\non a Zen 3")
     finally:
         MODELS.pop("tiny-vae-test"), PRESETS.pop("tiny-vae-test-preset")
 
@@ -120,3 +124,22 @@ def test_mlp_vae_decoder_can_be_sized_apart_from_the_encoder():
     assert [m.out_features for m in default.decoder if isinstance(m, torch.nn.Linear)] == [128, 256, 784]
     with pytest.raises(GenlabError, match="decoder_hidden"):
         build_model("mlp-vae", {"decoder_hidden": (64, 0)}, (1, 28, 28))
+
+
+def test_every_model_has_its_own_default_step_context():
+    """The plain fp32 context a model trains through outside the Trainer is its own: state set on one
+    model's (here the budget progress that starts an encoder refit) never reaches another model."""
+    from genlab.models.base import StepContext
+
+    cfg = {"hidden": [32, 16], "z_dim": 4, "encoder_refit_fraction": 0.5}
+    a, b = (build_model("mlp-vae", cfg, (1, 8, 8)) for _ in range(2))
+    assert type(a.step_context) is StepContext and a.step_context is not b.step_context
+    a.step_context.budget_progress = 0.9  # a is past half its budget: in its encoder-refit phase
+    assert b.step_context.budget_progress == 0.0
+    batch = Batch(torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    moved = {}
+    for name, model in (("a", a), ("b", b)):
+        before = [p.detach().clone() for p in model.decoder.parameters()]
+        model.train_step(batch, 0, model.configure_optimizers())
+        moved[name] = any(not torch.equal(p, q) for p, q in zip(before, model.decoder.parameters()))
+    assert moved == {"a": False, "b": True}  # only a refits its encoder alone; b trains as a whole

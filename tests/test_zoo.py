@@ -81,6 +81,8 @@ def test_spectral_norm_keeps_the_top_singular_value_of_every_weight_at_one():
 
 def test_the_zoo_presets_are_registered_with_their_training_budgets():
     assert set(ZOO_PRESETS) <= set(PRESETS)
+    for preset in PRESETS.values():  # each says in one line why it is offered (docs/presets.md prints it)
+        assert preset.why and "\n" not in preset.why and preset.why != preset.description, preset.name
     for name in ZOO_PRESETS:
         train = PRESETS[name].train
         assert train["epochs"] >= 1 and train["batch_size"] in (64, 128)
@@ -142,13 +144,43 @@ def test_conditional_presets_say_they_need_labels(name):
     {"loss": "non-saturating", "r1_gamma": 10.0, "d_batchnorm": False},
     {"loss": "hinge", "spectral_norm": True, "d_batchnorm": False, "conditional": True, "d_lr": 4e-4},
 ])
-def test_gan_variants_train(overrides):
+def test_gan_variants_train_on_the_loss_they_name(overrides):
+    """One step of each variant logs the D and G losses of its ``loss`` option, recomputed here by the
+    formula from D's own outputs in that step (a forward hook records them): a model that ignored the
+    option, or trained on another loss, would log other values."""
     model = build_model("conv-gan", {"width": 8, **overrides}, (1, 8, 8), 10)
     opts = model.configure_optimizers()
-    logs = model.train_step(_batch((1, 8, 8)), 0, opts)
+    seen = []  # (images in, scores out) of every discriminator call: the D step's real and fake, then G's
+    model.discriminator.register_forward_hook(lambda m, args, out: seen.append((args[0].detach(), out.detach())))
+    batch = _batch((1, 8, 8))
+    logs = model.train_step(batch, 0, opts)
     assert all(torch.isfinite(v) for v in logs.values())
+    images, scores = (torch.cat(t) for t in zip(*seen))
+    n = batch.images.shape[0]
+    assert scores.shape == (3 * n,) and torch.equal(images[:n], batch.images)
+    real, fake, g_fake = scores.float().split(n)
+    d_formula, g_formula = GAN_LOSS_FORMULAS[overrides["loss"]]
+    d_expected = d_formula(real, fake)
     if "r1_gamma" in overrides:
         assert logs["r1"] > 0
+        d_expected = d_expected + 0.5 * overrides["r1_gamma"] * logs["r1"]
+    assert logs["d_loss"].item() == pytest.approx(d_expected.item(), rel=1e-5)
+    assert logs["g_loss"].item() == pytest.approx(g_formula(g_fake).item(), rel=1e-5)
+
+
+# (D loss of real and fake scores, G loss of the fakes' scores), as the papers write them
+GAN_LOSS_FORMULAS = {
+    # Goodfellow et al. 2014: D maximizes log D(x) + log(1 - D(G(z))), D = sigmoid(score)
+    "minimax": (lambda r, f: -(torch.log(torch.sigmoid(r)) + torch.log(1 - torch.sigmoid(f))).mean(),
+                lambda f: torch.log(1 - torch.sigmoid(f)).mean()),
+    "non-saturating": (lambda r, f: -(torch.log(torch.sigmoid(r)) + torch.log(1 - torch.sigmoid(f))).mean(),
+                       lambda f: -torch.log(torch.sigmoid(f)).mean()),
+    # Mao et al. 2017, a-b-c = 0-1-1 coding, with the paper's 1/2
+    "least-squares": (lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f ** 2).mean(),
+                      lambda f: 0.5 * ((f - 1) ** 2).mean()),
+    # Lim & Ye 2017 / Miyato et al. 2018
+    "hinge": (lambda r, f: torch.relu(1 - r).mean() + torch.relu(1 + f).mean(), lambda f: -f.mean()),
+}
 
 
 def test_batchnorm_in_the_critic_is_refused_with_the_gradient_penalty():

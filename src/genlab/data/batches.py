@@ -6,7 +6,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ..models.base import Batch
+from ..batch import Batch
 
 
 class BatchIterator:

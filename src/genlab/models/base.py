@@ -9,17 +9,12 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Iterable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-
-class Batch(NamedTuple):
-    """A training batch: float images in [0, 1], shape (B, C, H, W), and int64 labels or None."""
-
-    images: Tensor
-    labels: Tensor | None = None
+from ..batch import Batch  # re-exported: models import it from here
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -104,11 +99,12 @@ class GenerativeModel(nn.Module):
     """
 
     family: ClassVar[str] = ""
-    # how train_step runs its passes; the Trainer replaces this plain fp32 single-process one
-    step_context: StepContext = StepContext()
 
     def __init__(self, config: Any, image_shape: tuple[int, int, int], num_classes: int = 0):
         super().__init__()
+        # how train_step runs its passes: this model's own plain fp32 single-process context (one per
+        # model, as it carries state such as budget_progress) until the Trainer sets its own
+        self.step_context: StepContext = StepContext()
         self.config = config
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)

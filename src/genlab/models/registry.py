@@ -1,7 +1,8 @@
-"""Models and presets by name.
+"""Models and presets by name: the tables and the functions that fill and read them.
 
 A *model* is a class plus its config dataclass; a *preset* is a named choice of model,
 model hyper-parameters and training settings (``seed-vae`` reproduces the seed document).
+genlab's own are registered in ``models/zoo.py`` (models) and ``models/presets.py`` (presets).
 Users add their own with :func:`register_model` / :func:`register_preset`, without editing
 genlab; a run folder records the model name, so the registration must happen (import your
 module) before ``genlab.load`` of such a run.
@@ -15,8 +16,6 @@ from typing import Any
 from ..configcheck import build_dataclass, check_memory, model_size
 from ..errors import GenlabError
 from .base import GenerativeModel
-from .gan import MLPGAN, MLPGANConfig
-from .vae import MLPVAE, MLPVAEConfig
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,15 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class Preset:
+    """A named model + settings. ``description`` says what it is (``genlab models`` prints it), ``why``
+    in one line why genlab offers it and chose its settings (docs/presets.md prints both)."""
+
     name: str
     model: str
     description: str
     model_config: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides: epochs, batch_size, ...
+    why: str = ""
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -47,10 +50,14 @@ def register_model(name: str, cls: type[GenerativeModel], config_cls: type, desc
 
 
 def register_preset(name: str, model: str, description: str, model_config: dict | None = None,
-                    train: dict | None = None) -> None:
+                    train: dict | None = None, why: str = "") -> None:
+    """Register preset ``name``: ``model`` (registered first) with ``model_config`` and the training
+    settings ``train`` (TrainConfig fields: epochs, batch_size, precision ...); ``why`` is one line."""
     if model not in MODELS:
         raise KeyError(f"preset {name!r} names unknown model {model!r}")
-    PRESETS[name] = Preset(name, model, description, dict(model_config or {}), dict(train or {}))
+    if "\n" in why:
+        raise ValueError(f"preset {name!r}: 'why' is one line; measurements belong in the docs")
+    PRESETS[name] = Preset(name, model, description, dict(model_config or {}), dict(train or {}), why)
 
 
 def resolve(name: str) -> Preset:
@@ -97,18 +104,3 @@ def build_model(model: str, config: dict[str, Any] | Any, image_shape, num_class
                  "Use smaller widths or latent size (hidden, width, z_dim ...: --set, or for a trained run the "
                  "model_config of its config.json) or smaller images (--image-size).")
     return entry.cls(cfg, shape, num_classes)
-
-
-register_model("mlp-vae", MLPVAE, MLPVAEConfig, "VAE with MLP encoder/decoder, Bernoulli likelihood")
-register_model("mlp-gan", MLPGAN, MLPGANConfig, "GAN with MLP generator and discriminator")
-
-register_preset(
-    "seed-vae", "mlp-vae",
-    "the seed's VAE: MLP 784-512-256-64, BCE(sum) + KL, Adam 1e-3, batch 128, 10 epochs",
-    model_config={}, train={"epochs": 10, "batch_size": 128},
-)
-register_preset(
-    "seed-gan", "mlp-gan",
-    "the seed's MLP GAN (z-h-h-x / x-h-h-1), non-saturating loss, Adam 1e-3 b1=0.5, batch 128",
-    model_config={}, train={"epochs": 20, "batch_size": 128},
-)
