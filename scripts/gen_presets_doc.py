@@ -130,8 +130,8 @@ def render() -> str:
            "| preset | model | what and why | settings | default budget |",
            "|---|---|---|---|---|"]
     for name, p in PRESETS.items():
-        why = getattr(p, "why", None) or p.description  # a short "why" where the registry keeps one
-        out.append(f"| `{name}` | `{p.model}` | {cell(why)} | {settings(p.model_config)} | {budget(p.train)} |")
+        what = f"{p.description}. *Why:* {p.why}" if p.why else p.description
+        out.append(f"| `{name}` | `{p.model}` | {cell(what)} | {settings(p.model_config)} | {budget(p.train)} |")
 
     out += ["", "## What they give", "",
             "Fashion-MNIST, seed 0 unless a seed is given, after the default budget unless another is given; "

@@ -7,7 +7,7 @@ from .registry import register_model
 from .vae import MLPVAE, MLPVAEConfig
 from .vaegan import VAEGAN, VAEGANConfig
 
-register_model("mlp-vae", MLPVAE, MLPVAEConfig, "VAE with MLP encoder/decoder, Bernoulli likelihood")
+register_model("mlp-vae", MLPVAE, MLPVAEConfig, "VAE with MLP encoder/decoder (Bernoulli likelihood by default)")
 register_model("mlp-gan", MLPGAN, MLPGANConfig, "GAN with MLP generator and discriminator")
 register_model("conv-gan", DCGAN, DCGANConfig,
                "convolutional GAN (DCGAN nets) with a choice of loss, spectral norm, GP/R1, EMA, conditioning")
