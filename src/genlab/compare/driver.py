@@ -33,7 +33,7 @@ from ..errors import GenlabError
 from ..fileio import atomic_write_bytes, atomic_write_json, remove_orphan_tmp
 from ..training.lock import Claim, FolderKind, FolderLock, holds_files, is_kind, settle_leftover
 from ..training.lock import replace as replace_folder
-from ..training.run import Run
+from ..training.run import Run, likelihood_file_for
 from .budget import Budget, parse_budget
 from .summary import nll_value, summarize
 
@@ -309,8 +309,6 @@ def _usable(ev: Any, evaluator_id: tuple[str, str], samples: int, seed: int,
                                                          and lk.get("nll_iwae") is not None):
         return False
     if family_vae and path is not None:
-        from ..eval.report import likelihood_file_for
-
         file = likelihood_file_for(path)
         return (bool(lk) and lk.get("per_image_file") == file.name
                 and _per_image(file, lk.get("n_images")) is not None)
@@ -421,7 +419,7 @@ def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samp
     Returns (evaluation, its file, where it was reused from: "comparison" for a file this comparison
     wrote earlier, "run folder" for the eval.json of a run folder given in --models, None when computed
     now). A reused file's values are checked (:func:`checked_evaluation`); one that fails is recomputed."""
-    from ..eval.report import evaluate_run, likelihood_file_for
+    from ..eval.report import evaluate_run
 
     own = spec.source == "preset"
     run_eval = Run(spec.run_dir).eval_path

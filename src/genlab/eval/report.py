@@ -12,15 +12,11 @@ from safetensors.torch import save as save_tensors
 
 from ..errors import DataError, GenlabError
 from ..fileio import atomic_write_bytes, atomic_write_json
-from ..training.run import Run, likelihood_file_for
+from ..training.run import Run, likelihood_file_for  # noqa: F401 - likelihood_file_for: also reached from here
 from .evaluator import get_evaluator
 from .metrics import evaluate_images
 
 EVAL_FORMAT = "genlab-eval-1"
-
-__all__ = ["EVAL_FORMAT", "likelihood_file_for", "sample_model", "evaluate_run", "evaluate_npz", "inception_block",
-           "save_npz_images",
-           "format_table", "format_calibration", "text_table"]
 
 
 @torch.no_grad()
