@@ -18,18 +18,17 @@ import torch
 
 from .data import load_dataset
 from .errors import GenlabError, RunError
-from .fileio import atomic_write_json, remove_orphan_tmp
+from .fileio import remove_orphan_tmp
 from .configcheck import build_dataclass
 from .models.base import GenerativeModel
-from .models.registry import build_model, make_config, resolve
+from .models.registry import MODELS, build_model, make_config, resolve
 from .training import distributed
 from .training.context import resolve_precision
 from .training.fingerprint import check_same_data, data_fingerprint
 from .training.lock import (Claim, FolderLock, check_replaceable, describe_holder, holds_files, live_holder, say,
                             settle_leftover)
 from .training.lock import replace as replace_folder
-from .training.run import (RUN_KIND, load, load_run_dataset, model_from_config, next_free_dir, read_run_config,
-                           train_config_from, write_run_config)
+from .training.run import RUN_KIND, Run, load, next_free_dir, write_run_config
 from .training.trainer import Trainer, TrainConfig, TrainState, check_train_config, resolve_device
 
 __all__ = ["train", "resume", "load", "TrainResult"]
@@ -47,8 +46,8 @@ class TrainResult:
         return f"TrainResult(run_dir={str(self.run_dir)!r}, status={self.status!r}, step={self.state.step})"
 
 
-def _latest_samples(run_dir: Path) -> Path | None:
-    grids = sorted((run_dir / "samples").glob("epoch-*.png"))
+def _latest_samples(run: Run) -> Path | None:
+    grids = run.epoch_grids()
     return grids[-1] if grids else None
 
 
@@ -57,6 +56,28 @@ def _data_record(dataset, spec_options: dict[str, Any]) -> dict[str, Any]:
             "num_classes": dataset.num_classes, "class_names": dataset.class_names,
             "train_size": len(dataset.train), "test_size": len(dataset.test), "origin": dataset.origin,
             "fingerprint": data_fingerprint(dataset)}  # compared on resume (training.fingerprint)
+
+
+# The field of a model's config that names its adversarial loss pair (a key of models.losses.GAN_LOSSES):
+# ``loss``, except in the MLP GAN's config, whose runs store it as ``g_loss``.
+ADVERSARIAL_LOSS_FIELDS = ("loss", "g_loss")
+
+
+def adversarial_loss_setting(model: str, loss: str) -> dict[str, str]:
+    """The model setting that makes the model or preset ``model`` train with the GAN loss pair ``loss``:
+    ``{"loss": loss}`` or ``{"g_loss": loss}``, whichever field its config has. A model without an
+    adversarial loss (a plain VAE) is a GenlabError."""
+    from .models.losses import GAN_LOSSES
+
+    if loss not in GAN_LOSSES:
+        raise GenlabError(f"unknown GAN loss {loss!r}; choose one of: {', '.join(GAN_LOSSES)}.")
+    entry = MODELS[resolve(model).model]
+    fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+    for name in ADVERSARIAL_LOSS_FIELDS:
+        if name in fields:
+            return {name: loss}
+    raise GenlabError(f"{model} ({entry.name}) has no adversarial loss to choose; the GAN loss applies to GANs "
+                      "and the VAE-GAN (see `genlab models`).")
 
 
 def _on_main(work):
@@ -142,11 +163,11 @@ def _claim_existing_run(run_dir: Path) -> Claim:
         raise
 
 
-def _forget_unsaved_start(run_dir: Path) -> None:
+def _forget_unsaved_start(run: Run) -> None:
     """A run restarted from scratch: the log lines and sample grids of the start that never saved a
     checkpoint describe steps that are about to be trained again."""
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    for grid in (run_dir / "samples").glob("epoch-*.png"):
+    run.metrics_path.unlink(missing_ok=True)
+    for grid in run.epoch_grids():
         grid.unlink()
 
 
@@ -155,10 +176,13 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
           max_steps: int | None = None, max_seconds: float | None = None, data_dir: str | Path | None = None,
           image_size: int | None = None, channels: int | None = None, device: str = "auto", progress: bool = True,
           overwrite: bool = False, runs_root: str | Path = "runs", precision: str | None = None, compile: bool = False,
-          channels_last: bool = False, lr_schedule: str | None = None, **model_settings: Any) -> TrainResult:
+          channels_last: bool = False, lr_schedule: str | None = None, gan_loss: str | None = None,
+          **model_settings: Any) -> TrainResult:
     """Train a model or preset (see ``genlab models``) on a data source (see ``genlab datasets``).
 
-    ``model_settings`` override fields of the model's config dataclass (e.g. ``g_loss="minimax"``).
+    ``model_settings`` override fields of the model's config dataclass (e.g. ``z_dim=32``). ``gan_loss``
+    (a name in ``models.losses.GAN_LOSSES``) sets the adversarial loss of any GAN (and the VAE-GAN),
+    whatever its config calls the field (:func:`adversarial_loss_setting`).
     ``max_steps`` / ``max_seconds`` stop the run early (with a checkpoint) after that many steps / seconds
     of training time in all. ``precision`` ("fp32", "bf16", "fp16" on a CUDA GPU, or "auto": bf16 where
     the device computes it natively, else fp32; None: the preset's, fp32 unless it says otherwise), ``compile``
@@ -178,6 +202,8 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     """
     dist, this_device = distributed.setup(device)
     preset = resolve(model)
+    if gan_loss is not None:
+        model_settings = {**model_settings, **adversarial_loss_setting(model, gan_loss)}
     settings = {**preset.model_config, **model_settings}
     if lr is not None:
         settings["lr"] = lr
@@ -212,7 +238,7 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
         except OSError as e:
             held.release()
             cause = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-            raise RunError(f"{cause} writing {held.folder / 'config.json'}: the run could not start. Free space "
+            raise RunError(f"{cause} writing {Run(held.folder).config_path}: the run could not start. Free space "
                            f"(or fix that) and run the command again.") from None
         except BaseException:
             held.release()
@@ -226,7 +252,7 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
         if held is not None:
             trainer.on_save = held.saved  # the first checkpoint makes the run it replaced deletable
         status = trainer.fit()
-    return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))
+    return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(Run(run_dir)))
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | None = None,
@@ -240,22 +266,23 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, max_steps: int | N
     after it wrote config.json) is trained from the start with its saved settings: the same run a
     fresh ``train`` with those settings gives. The run folder is locked while it trains, and the
     temporary files of writers that died mid-write are removed first."""
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     changes = {"epochs": epochs, "max_steps": max_steps, "max_seconds": max_seconds, "device": device,
                "precision": precision, "compile": compile, "channels_last": channels_last}
-    train_cfg = _continued_config(read_run_config(run_dir), **changes)  # a run folder: only then is it locked
+    train_cfg = _continued_config(run, **changes)  # a run folder: only then is it locked
     dist, this_device = distributed.setup(train_cfg.device)
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
-    held = _on_main(lambda: _claim_existing_run(run_dir))
+    held = _on_main(lambda: _claim_existing_run(run.folder))
     with held or contextlib.nullcontext():  # the lock is held until the training returns
         # read again under the lock: another writer may have replaced the run since
-        return _resume_locked(run_dir, held, read_run_config(run_dir), changes, dist, this_device, progress)
+        run.read_config()
+        return _resume_locked(run, held, changes, dist, this_device, progress)
 
 
-def _continued_config(config: dict[str, Any], *, epochs, max_steps, max_seconds, device, precision, compile,
+def _continued_config(run: Run, *, epochs, max_steps, max_seconds, device, precision, compile,
                       channels_last) -> TrainConfig:
     """The training settings of a resumed run: its own, with the changes a resume may make."""
-    values = dataclasses.asdict(train_config_from(config))
+    values = dataclasses.asdict(run.train_config())
     if epochs is not None:
         values["epochs"] = epochs
     values["max_steps"] = max_steps  # a stop at max_steps (or max_seconds) is not a limit for the continuation
@@ -268,34 +295,33 @@ def _continued_config(config: dict[str, Any], *, epochs, max_steps, max_seconds,
     return build_dataclass(TrainConfig, values, what="training setting", sep=" ")
 
 
-def _resume_locked(run_dir: Path, held: Claim | None, config: dict[str, Any], changes: dict[str, Any], dist,
-                   this_device: str, progress: bool) -> TrainResult:
-    train_cfg = _continued_config(config, **changes)
+def _resume_locked(run: Run, held: Claim | None, changes: dict[str, Any], dist, this_device: str,
+                   progress: bool) -> TrainResult:
+    config = run.config
+    train_cfg = _continued_config(run, **changes)
     check_train_config(train_cfg, resolve_device(this_device), dist.world_size)
     with distributed.main_first():
-        dataset = load_run_dataset(config, progress=progress and dist.is_main)
-    check_same_data(config["data"], dataset, run_dir)
+        dataset = run.dataset(progress=progress and dist.is_main)
+    check_same_data(config["data"], dataset, run.folder)
     # a run stopped before its first checkpoint has nothing to continue from: it starts from scratch
-    fresh = distributed.broadcast_object(not (run_dir / "checkpoints" / "last.safetensors").is_file()
-                                         if dist.is_main else None)
+    fresh = distributed.broadcast_object(not run.has_checkpoint() if dist.is_main else None)
     if fresh:
         torch.manual_seed(train_cfg.seed)  # the same initial weights as `genlab train` gives with this seed
-    net = model_from_config(config)
-    trainer = Trainer(net, dataset, train_cfg, run_dir, progress=progress, device=this_device)
+    net = run.build_model()
+    trainer = Trainer(net, dataset, train_cfg, run.folder, progress=progress, device=this_device)
     if fresh:
         if dist.is_main:
-            say(f"{run_dir} has no checkpoint yet (it stopped before its first save): training it from the start "
+            say(f"{run.folder} has no checkpoint yet (it stopped before its first save): training it from the start "
                 "with its saved settings.")
-            _forget_unsaved_start(run_dir)
+            _forget_unsaved_start(run)
     else:
         trainer.restore()
     if held is not None:
         trainer.on_save = held.saved
     if dist.is_main:
-        config["train"] = dataclasses.asdict(train_cfg)
         try:
-            atomic_write_json(run_dir / "config.json", config)
+            run.write_config({**config, "train": dataclasses.asdict(train_cfg)})
         except OSError as e:
-            raise trainer.write_failed(e, run_dir / "config.json") from None
+            raise trainer.write_failed(e, run.config_path) from None
     status = trainer.fit()
-    return TrainResult(run_dir, net.eval(), status, trainer.state, _latest_samples(run_dir))
+    return TrainResult(run.folder, net.eval(), status, trainer.state, _latest_samples(run))

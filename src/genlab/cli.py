@@ -46,6 +46,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models.losses import GAN_LOSSES
+    from .training.context import AUTO, PRECISIONS
+    from .training.trainer import LR_SCHEDULES
+
     parser = argparse.ArgumentParser(prog="genlab", description="Train, sample and compare VAEs and GANs on images.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -61,16 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="passes over the training set (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="images per step (default: the preset's, 128 for the seed)")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
-    p.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default=None,
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="learning rate over the run: constant, or decayed to 0 at the end of the budget (the last "
                         "epoch, --max-steps or --max-minutes, whichever comes first); default: the preset's")
     p.add_argument("--seed", type=int, default=0, help="seed of every random stream of the run (default 0)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in all (a checkpoint is saved)")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="stop after M minutes of training time in all (a checkpoint and a sample grid are saved)")
-    p.add_argument("--g-loss", choices=("non-saturating", "minimax"),
-                   help="GAN generator loss (default non-saturating: strong gradients early; "
-                        "minimax is the seed's eq. as written)")
+    p.add_argument("--g-loss", "--gan-loss", dest="gan_loss", choices=tuple(GAN_LOSSES), metavar="LOSS",
+                   help=f"adversarial loss of a GAN or the VAE-GAN: {', '.join(GAN_LOSSES)} (default: the preset's, "
+                        "non-saturating for the seed's GAN: strong gradients early; minimax is the seed's eq. as "
+                        "written)")
     p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="override a model setting, e.g. --set z_dim=32 --set 'hidden=[256,128]'")
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/<model>-<data>, numbered if taken)")
@@ -79,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint; a folder that is not a genlab run is never replaced)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+    p.add_argument("--precision", choices=(AUTO, *PRECISIONS), default=None,
                    help="fp32, bf16 (autocast; CPU or GPU), fp16 (autocast + loss scaling; CUDA GPUs) or auto (bf16 "
                         "where the device has it natively - AVX-512 BF16/AMX CPUs, Ampere and later GPUs - else fp32); "
                         "default: the preset's (fp32 for all but mlp-vae-gmm's auto, see `genlab models`)")
@@ -293,6 +298,7 @@ def _describe_os_error(e: OSError, args) -> str:
 
 
 # -- commands -------------------------------------------------------------------------------
+# Each handler turns options into one library call (a few where it checks sizes in between) and prints.
 def cmd_train(args) -> int:
     from .training import distributed
 
@@ -317,11 +323,9 @@ def _train(args) -> int:
     from .training import distributed
 
     progress = not args.no_progress
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        raise GenlabError(f"--max-minutes must be positive, got {args.max_minutes}.")
-    max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
+    max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes  # > 0: check_options
     if args.resume:
-        if (args.model or args.set or args.g_loss or args.lr is not None or args.batch_size is not None
+        if (args.model or args.set or args.gan_loss or args.lr is not None or args.batch_size is not None
                 or args.lr_schedule):
             raise GenlabError("--resume continues a run with its own settings; only --epochs, --max-steps, "
                               "--max-minutes, --device, --precision, --compile and --channels-last may change.")
@@ -332,40 +336,44 @@ def _train(args) -> int:
         if not args.model:
             raise GenlabError("name a model or preset to train (e.g. `genlab train seed-vae`), or --resume RUN. "
                               "`genlab models` lists them.")
-        from .models.registry import make_config, resolve
-
-        settings = dict(args.set)
-        if args.g_loss:
-            settings["g_loss"] = args.g_loss
-        preset = resolve(args.model)
-        # every --set value checked against the model's config (name, type, range) before any data is loaded
-        make_config(preset.model, settings, what=f"model {preset.model!r}: --set")
-        lr = args.lr if args.lr is not None else settings.get("lr")
-        settings.pop("lr", None)  # train() takes the learning rate as its own argument
+        settings = _model_settings(args)
+        set_lr = settings.pop("lr", None)  # train() takes the learning rate as its own argument
+        lr = args.lr if args.lr is not None else set_lr
         result = train(args.model, args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                        lr=lr, seed=args.seed, max_steps=args.max_steps, max_seconds=max_seconds,
-                       data_dir=args.data_dir,
-                       image_size=args.image_size, channels=args.channels, device=args.device or "auto",
-                       progress=progress, overwrite=args.overwrite, precision=args.precision,
-                       compile=bool(args.compile), channels_last=bool(args.channels_last),
+                       data_dir=args.data_dir, image_size=args.image_size, channels=args.channels,
+                       device=args.device or "auto", progress=progress, overwrite=args.overwrite,
+                       precision=args.precision, compile=bool(args.compile), channels_last=bool(args.channels_last),
                        lr_schedule=args.lr_schedule, **settings)
     if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
         return 130 if result.status == "interrupted" else 0
     print(f"run folder: {result.run_dir}")
     if result.samples:
         print(f"samples:    {result.samples}")
+    again = f"continue with: genlab train --resume {result.run_dir}"
     if result.status == "interrupted":
-        print(f"stopped at step {result.state.step}; continue with: genlab train --resume {result.run_dir}")
+        print(f"stopped at step {result.state.step}; {again}")
         return 130
     if result.status == "max_steps":
-        print(f"stopped at --max-steps ({result.state.step}); continue with: genlab train --resume {result.run_dir}")
+        print(f"stopped at --max-steps ({result.state.step}); {again}")
     if result.status == "max_seconds":
         print(f"stopped at the time limit after {result.state.train_seconds:.1f} s of training (step "
-              f"{result.state.step}); continue with: genlab train --resume {result.run_dir} [--max-minutes M]")
+              f"{result.state.step}); {again} [--max-minutes M]")
     return 0
 
 
-SAMPLE_BATCH = 10_000  # images decoded at once by `genlab sample`
+def _model_settings(args) -> dict:
+    """--set KEY=VALUE and --g-loss as model settings, each checked against the model's config (name,
+    type, range) before any data is loaded, so that an error names the option."""
+    from .api import adversarial_loss_setting
+    from .models.registry import make_config, resolve
+
+    model = resolve(args.model).model
+    settings = dict(args.set)
+    if args.gan_loss:
+        settings.update(adversarial_loss_setting(args.model, args.gan_loss))
+    make_config(model, settings, what=f"model {model!r}: --set")
+    return settings
 
 
 def _check_grid_memory(n: int, image_shape) -> None:
@@ -381,62 +389,35 @@ def _check_grid_memory(n: int, image_shape) -> None:
                  "Ask for fewer samples with -n, or write them to an .npz file (-o samples.npz).")
 
 
+def _output(args, default: str) -> Path:
+    return Path(args.output) if args.output else Path(args.run) / default
+
+
 def cmd_sample(args) -> int:
-    import io
+    from .eval.report import save_npz_images
+    from .training.run import Run
+    from .viz import latent, save_grid
 
-    import numpy as np
-    import torch
-
-    from .fileio import atomic_write_bytes
-
-    from .api import load
-    from .viz import save_grid
-
-    out = Path(args.output) if args.output else Path(args.run) / "samples" / "sample.png"
+    out = _output(args, "samples/sample.png")
     if out.suffix.lower() not in (".npz", ".png"):
         raise GenlabError(f"output {out} must end in .png (a grid) or .npz (raw samples)")
-    model = load(args.run, device=args.device)
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    labels, nrow = None, None
-    k = getattr(model, "label_dim", 0)
-    if (args.label is not None or args.per_class) and not k:
-        raise GenlabError(f"{args.run} holds an unconditional model ({model.run_config['name']}); --label and "
-                          "--per-class need a conditional one, e.g. `genlab train cgan` or `genlab train cvae`.")
-    if args.per_class:
-        args.num = k * args.per_class
+    run = Run(args.run)
+    model = run.load_model(args.device)
+    n = latent.sample_count(model, args.num, args.label, args.per_class)
     # before anything of that size is allocated (labels included)
-    check_images_memory(args.num, model.image_shape, "genlab sample",
+    check_images_memory(n, model.image_shape, "genlab sample",
                         "Ask for fewer samples with -n (or --per-class), e.g. several smaller .npz files drawn "
                         "with different --seed values.")
     if out.suffix.lower() == ".png":
-        _check_grid_memory(args.num, model.image_shape)
-    if args.per_class:
-        labels, nrow = torch.arange(k).repeat_interleave(args.per_class), args.per_class
-    elif args.label is not None:
-        if not 0 <= args.label < k:
-            names = model.run_config["data"].get("class_names") or list(range(k))
-            raise GenlabError(f"--label must be between 0 and {k - 1} (classes: {', '.join(map(str, names))})")
-        labels = torch.full((args.num,), args.label, dtype=torch.long)
-    trunc_gen = torch.Generator().manual_seed(args.seed)
-    parts = []
-    for i in range(0, args.num, SAMPLE_BATCH):  # in batches: the networks' activations stay small
-        m = min(SAMPLE_BATCH, args.num - i)
-        y = None if labels is None else labels[i:i + m]
-        if args.truncation is None:
-            parts.append(model.sample(m, labels=y, generator=gen).cpu())
-        else:
-            from .viz.latent import truncated_samples
-
-            parts.append(truncated_samples(model, m, args.truncation, labels=y, generator=trunc_gen).cpu())
-    images = parts[0] if len(parts) == 1 else torch.cat(parts)
-    del parts
-    if out.suffix.lower() == ".npz":  # written whole or not at all: a full disk leaves no torn .npz
-        buf = io.BytesIO()
-        np.savez_compressed(buf, images=images.numpy().astype(np.float32, copy=False))
-        atomic_write_bytes(out, buf.getbuffer())
+        _check_grid_memory(n, model.image_shape)
+    images, nrow = latent.draw_samples(model, n, seed=args.seed, label=args.label, per_class=args.per_class,
+                                       truncation=args.truncation, device=args.device,
+                                       class_names=run.config["data"].get("class_names"))
+    if out.suffix.lower() == ".npz":
+        save_npz_images(images, out)
     else:
         save_grid(images, out, nrow=nrow)
-    print(f"wrote {args.num} samples to {out}")
+    print(f"wrote {n} samples to {out}")
     if args.truncation is not None:
         print(f"truncation {args.truncation:g}: latent components outside [-{args.truncation:g}, {args.truncation:g}] "
               "were resampled (Brock et al. 2019), so samples lie nearer the prior's centre and vary less.")
@@ -444,20 +425,20 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    from .api import load
-    from .training.run import load_run_dataset
+    from .training.run import Run
+    from .viz import latent
     from .viz.grid import paired_rows, save_grid
 
-    model = load(args.run, device=args.device)
-    if not hasattr(model, "reconstruct"):
-        raise GenlabError(f"{args.run} holds a {model.family.upper()} ({model.run_config['model']}); only VAEs "
+    run = Run(args.run)
+    model = run.load_model(args.device)
+    if not latent.has_encoder(model):
+        raise GenlabError(f"{args.run} holds a {model.family.upper()} ({run.config['model']}); only VAEs "
                           "reconstruct. Use `genlab sample` instead.")
-    dataset = load_run_dataset(model.run_config)
-    split = dataset.test if len(dataset.test) else dataset.train
+    split = latent.image_split(run.dataset())
     x = split.images[: args.num].float().div(255).to(args.device)
     labels = None if split.labels is None else split.labels[: args.num].to(args.device)
     recon = model.reconstruct(x, labels).cpu()
-    out = Path(args.output) if args.output else Path(args.run) / "reconstructions.png"
+    out = _output(args, "reconstructions.png")
     save_grid(paired_rows(x, recon), out, nrow=8)
     print(f"wrote {x.shape[0]} originals (odd rows) and reconstructions (even rows) to {out}")
     return 0
@@ -467,17 +448,16 @@ def cmd_eval(args) -> int:
     from .eval import calibrate, evaluate_npz, evaluate_run, format_calibration, format_table, get_evaluator
 
     progress = not args.no_progress
+    inception = args.features == "inception"
     if sum(bool(x) for x in (args.run, args.samples, args.calibrate)) != 1:
         raise GenlabError("give exactly one of: a run folder, --samples FILE.npz, or --calibrate.")
-    if args.num < 2:
-        raise GenlabError("-n must be at least 2")
-    if args.features == "inception":
-        from .eval.inception import check_inception_available
-
-        check_inception_available()  # fail before minutes of work, not after
     if args.calibrate:
         from .data import load_dataset
 
+        if inception:
+            from .eval.inception import check_inception_available
+
+            check_inception_available()
         ds = load_dataset(args.data, data_dir=args.data_dir, image_size=args.image_size, channels=args.channels,
                           progress=progress)
         rows = calibrate(ds, get_evaluator(ds, progress=progress), n=args.num, seed=args.seed,
@@ -486,47 +466,21 @@ def cmd_eval(args) -> int:
         return 0
     if args.samples:
         result = evaluate_npz(args.samples, args.data, reference=args.reference, seed=args.seed,
-                              data_dir=args.data_dir, progress=progress)
+                              data_dir=args.data_dir, progress=progress,
+                              inception_reference=args.num if inception else None)
     else:
         result = evaluate_run(args.run, n_samples=args.num, reference=args.reference, seed=args.seed,
-                              likelihood_k=args.likelihood_k, binarize=args.binarize, progress=progress)
-    if args.features == "inception":
-        result["inception"] = _inception_scores(args, result)
+                              likelihood_k=args.likelihood_k, binarize=args.binarize, progress=progress,
+                              inception=inception)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     if "inception" in result and not args.json:
         r = result["inception"]
         print(f"Inception features: FID {r['fid']:.2f}  KID {r['kid']:.4f}")
     if args.run:
-        print(f"written to {Path(args.run) / 'eval.json'}")
+        from .training.run import Run
+
+        print(f"written to {Run(args.run).eval_path}")
     return 0
-
-
-def _inception_scores(args, result) -> dict:
-    import torch
-
-    from .data import load_dataset
-    from .eval.inception import inception_fid_kid
-    from .eval.report import sample_model
-
-    if args.samples:
-        from .eval.report import _load_npz_images
-
-        samples = _load_npz_images(Path(args.samples))
-        samples = samples.float() / 255 if samples.dtype == torch.uint8 else samples
-        ds = load_dataset(args.data, data_dir=args.data_dir)
-    else:
-        from .api import load
-        from .training.run import load_run_dataset
-
-        model = load(args.run)
-        samples, ds = sample_model(model, args.num, args.seed), load_run_dataset(model.run_config)
-    split = ds.test if args.reference == "test" else ds.train
-    scores = inception_fid_kid(samples, split.images[: args.num].float() / 255)
-    if args.run:
-        from .fileio import atomic_write_json
-
-        atomic_write_json(Path(args.run) / "eval.json", {**result, "inception": scores})
-    return scores
 
 
 def cmd_evaluator(args) -> int:
@@ -562,7 +516,10 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _int_list(text: str, option: str) -> list[int]:
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    """``0,5,7`` as integers; None when the option is absent (or empty)."""
+    if not text:
+        return None
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -570,112 +527,43 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 def cmd_interpolate(args) -> int:
-    import torch
-
-    from .api import load
-    from .training.run import load_run_dataset
+    from .training.run import Run
     from .viz import latent, save_grid
 
-    model = load(args.run, device=args.device)
-    methods = ("lerp", "slerp") if args.method == "both" else (args.method,)
+    run = Run(args.run)
+    model = run.load_model(args.device)
+    methods = latent.METHODS if args.method == "both" else (args.method,)
     n_images = args.pairs * len(methods) * (args.steps + 2)
     check_images_memory(n_images, model.image_shape, "genlab interpolate", "Use fewer --pairs or --steps.")
     _check_grid_memory(n_images, model.image_shape)
-    gen = torch.Generator().manual_seed(args.seed)
-    encoder = latent.has_encoder(model)
-    if args.images and not encoder:
-        raise GenlabError(f"{args.run} holds a GAN ({model.run_config['name']}): GANs have no encoder, so --images "
-                          "cannot be mapped to latents. Omit --images to interpolate between noise vectors.")
-    if args.pairs < 1:
-        raise GenlabError(f"--pairs must be at least 1, got {args.pairs}.")
-    if args.label is not None:
-        latent.row_labels(model, 1, args.label)  # checks the label (and that the model is conditional)
-    ends = None
-    if encoder and not args.random:
-        split = latent.image_split(load_run_dataset(model.run_config, progress=False))
-        if args.images:
-            idx = _int_list(args.images, "--images")
-            if len(idx) < 2 or len(idx) % 2:
-                raise GenlabError(f"--images takes pairs of test-image indices, I,J or I,J,K,L; got {args.images!r}.")
-            latent.check_indices(idx, len(split))
-            i, j = torch.tensor(idx[0::2]), torch.tensor(idx[1::2])
-        else:
-            if 2 * args.pairs > len(split):
-                raise GenlabError(f"--pairs {args.pairs} needs {2 * args.pairs} test images; there are {len(split)}.")
-            perm = torch.randperm(len(split), generator=gen)[:2 * args.pairs]
-            i, j = perm[:args.pairs], perm[args.pairs:]
-        y_i = None if split.labels is None else split.labels[i]
-        y_j = None if split.labels is None else split.labels[j]
-        z0, z1 = latent.posterior_means(model, split.images[i], y_i), latent.posterior_means(model, split.images[j], y_j)
-        ends = (split.images[i], split.images[j])
-        labels = None
-        if model.conditional:
-            labels = latent.row_labels(model, len(i), args.label) if args.label is not None else y_i
-        pairs = ", ".join(f"{a}->{b}" for a, b in zip(i.tolist(), j.tolist()))
-        what = f"between the posterior means of test images {pairs} (originals at both ends)"
-    else:
-        z = model.prior_sample(2 * args.pairs, gen)
-        z0, z1 = z[:args.pairs], z[args.pairs:]
-        labels = latent.row_labels(model, args.pairs, args.label)
-        what = "between random latents from the prior"
-    images, per_row = latent.interpolation_images(model, z0, z1, args.steps, methods, labels=labels, ends=ends)
-    out = Path(args.output) if args.output else Path(args.run) / "interpolation.png"
+    images, per_row, ends = latent.interpolation(
+        model, lambda: run.dataset(progress=False), pairs=args.pairs, steps=args.steps, methods=methods,
+        seed=args.seed, indices=_int_list(args.images, "--images"), from_prior=args.random, label=args.label)
+    out = _output(args, "interpolation.png")
     save_grid(images, out, nrow=per_row)
-    rows = z0.shape[0] * len(methods)
     order = "" if len(methods) == 1 else " (per pair: a lerp row, then a slerp row)"
-    print(f"wrote {rows} rows of {args.steps} steps, {' and '.join(methods)}{order}, {what} to {out}")
+    print(f"wrote {ends.z0.shape[0] * len(methods)} rows of {args.steps} steps, {' and '.join(methods)}{order}, "
+          f"{ends.what} to {out}")
     return 0
 
 
 def cmd_traverse(args) -> int:
-    import torch
-
-    from .api import load
-    from .training.run import load_run_dataset
+    from .training.run import Run
     from .viz import latent, save_grid
 
-    model = load(args.run, device=args.device)
-    rows = len(_int_list(args.dims, "--dims")) if args.dims else args.top
+    run = Run(args.run)
+    model = run.load_model(args.device)
+    dims = _int_list(args.dims, "--dims")
+    rows = len(dims) if dims is not None else args.top
     check_images_memory(rows * args.steps, model.image_shape, "genlab traverse", "Use fewer --steps or dimensions.")
     _check_grid_memory(rows * args.steps, model.image_shape)
-    encoder = latent.has_encoder(model)
-    if args.image is not None and not encoder:
-        raise GenlabError(f"{args.run} holds a GAN ({model.run_config['name']}): GANs have no encoder, so --image "
-                          "cannot give a base latent. Omit --image to start from a prior draw.")
-    split = latent.image_split(load_run_dataset(model.run_config, progress=False)) if encoder else None
-    base_label = None
-    if args.image is not None:
-        latent.check_indices([args.image], len(split), "--image")
-        y = None if split.labels is None else split.labels[args.image:args.image + 1]
-        base = latent.posterior_means(model, split.images[args.image:args.image + 1], y)[0]
-        base_label = None if y is None else int(y[0])
-        base_what = f"the posterior mean of test image {args.image}"
-    else:
-        base = model.prior_sample(1, torch.Generator().manual_seed(args.seed))[0]
-        base_what = f"a prior draw (seed {args.seed})"
-    if args.dims:
-        dims = _int_list(args.dims, "--dims")
-        how = "as given"
-    else:
-        if args.top < 1:
-            raise GenlabError(f"--top must be at least 1, got {args.top}.")
-        k = min(args.top, model.latent_dim)
-        if encoder:
-            n = min(len(split), 2000)
-            kl = latent.kl_per_dimension(model, split.images[:n], None if split.labels is None else split.labels[:n])
-            dims = kl.argsort(descending=True)[:k].tolist()
-            how = (f"the {k} with the largest average KL on {n} test images: "
-                   + ", ".join(f"{d} ({kl[d]:.2f} nats)" for d in dims))
-        else:
-            dims = list(range(k))
-            how = f"0..{k - 1} (a GAN's noise dimensions have no order; choose others with --dims)"
-    label = args.label if args.label is not None else base_label
-    labels = latent.row_labels(model, len(dims), label)
-    images = latent.traversal_images(model, base, dims, args.range, args.steps, labels)
-    out = Path(args.output) if args.output else Path(args.run) / "traversal.png"
-    save_grid(images, out, nrow=args.steps)
-    print(f"latent dimensions (one row each): {how}")
-    print(f"wrote {len(dims)} rows of {args.steps} values in [-{args.range:g}, {args.range:g}] around {base_what} to {out}")
+    t = latent.traversal(model, lambda: run.dataset(progress=False), dims=dims, top=args.top, image=args.image,
+                         seed=args.seed, value_range=args.range, steps=args.steps, label=args.label)
+    out = _output(args, "traversal.png")
+    save_grid(t.images, out, nrow=args.steps)
+    print(f"latent dimensions (one row each): {t.how}")
+    print(f"wrote {len(t.dims)} rows of {args.steps} values in [-{args.range:g}, {args.range:g}] around {t.base} "
+          f"to {out}")
     return 0
 
 

@@ -33,6 +33,7 @@ from ..errors import GenlabError
 from ..fileio import atomic_write_bytes, atomic_write_json, remove_orphan_tmp
 from ..training.lock import Claim, FolderKind, FolderLock, holds_files, is_kind, settle_leftover
 from ..training.lock import replace as replace_folder
+from ..training.run import Run, likelihood_file_for
 from .budget import Budget, parse_budget
 from .summary import nll_value, summarize
 
@@ -74,7 +75,7 @@ def parse_models(items: list[str]) -> list[ModelSpec]:
             continue
         path = Path(item).expanduser()
         if path.is_dir():
-            if not (path / "config.json").is_file():
+            if not Run(path).config_path.is_file():
                 raise GenlabError(f"--models: {item} is a folder but not a genlab run (no config.json); give a run "
                                   "folder or a preset name (see `genlab models`).")
             specs.append(ModelSpec(_safe(path.resolve().name), "run", None, path))
@@ -248,33 +249,19 @@ def _training_record(state: Any) -> dict[str, Any]:
     return out
 
 
-def _checkpoint_state(run_dir: Path) -> dict[str, Any] | None:
-    """The training state of a run's checkpoint (checked: a RunError names a bad field), or None."""
-    import dataclasses
-
-    from ..training import checkpoint as ckpt
-    from ..training.trainer import TrainState
-
-    path = run_dir / "checkpoints" / "last.safetensors"
-    if not path.is_file():
-        return None
-    return dataclasses.asdict(ckpt.state_from_meta(ckpt.read_checkpoint(path)[1], path, TrainState))
-
-
 def _train_preset(spec: ModelSpec, data: tuple[str, int | None, int | None], data_dir: str | None, budget: Budget,
                   seed: int, device: str, progress: bool, log: Callable[[str], None]) -> None:
     """Train (or resume, or leave alone when its budget is spent) the run of a preset."""
     from ..api import resume, train
     from ..models.registry import resolve
-    from ..training.run import read_run_config
     from ..training.trainer import TrainConfig
 
     batch_size = TrainConfig(**resolve(spec.preset).train).batch_size
     overrides = budget.train_overrides(batch_size)
-    state = _checkpoint_state(spec.run_dir)
+    run = Run(spec.run_dir)
+    state = run.checkpoint_state()
     if state is not None:
-        config = read_run_config(spec.run_dir)
-        if budget.is_spent(state, config["train"]):
+        if budget.is_spent(state, run.config["train"]):
             log(f"== {spec.tag}: trained ({budget.describe()}), reusing {spec.run_dir}")
             return
         log(f"== {spec.tag}: resuming {spec.run_dir} at step {state['step']} ({budget.describe()})")
@@ -322,8 +309,6 @@ def _usable(ev: Any, evaluator_id: tuple[str, str], samples: int, seed: int,
                                                          and lk.get("nll_iwae") is not None):
         return False
     if family_vae and path is not None:
-        from ..eval.report import likelihood_file_for
-
         file = likelihood_file_for(path)
         return (bool(lk) and lk.get("per_image_file") == file.name
                 and _per_image(file, lk.get("n_images")) is not None)
@@ -434,11 +419,12 @@ def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samp
     Returns (evaluation, its file, where it was reused from: "comparison" for a file this comparison
     wrote earlier, "run folder" for the eval.json of a run folder given in --models, None when computed
     now). A reused file's values are checked (:func:`checked_evaluation`); one that fails is recomputed."""
-    from ..eval.report import evaluate_run, likelihood_file_for
+    from ..eval.report import evaluate_run
 
     own = spec.source == "preset"
-    target = spec.run_dir / "eval.json" if own else folder / "evals" / f"{spec.tag}.json"
-    candidates = [target] if own else [target, spec.run_dir / "eval.json"]
+    run_eval = Run(spec.run_dir).eval_path
+    target = run_eval if own else folder / "evals" / f"{spec.tag}.json"
+    candidates = [target] if own else [target, run_eval]
     for path in candidates:
         ev = _read_json(path)
         if not _usable(ev, evaluator_id, samples, seed, likelihood_k, has_encoder, path):
@@ -518,10 +504,8 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
                 progress: bool = True, log: Callable[[str], None] = print) -> CompareResult:
     """Train (or reuse) every model of ``models`` on the same data under the same ``budget`` and seed,
     evaluate each with the same evaluator and sample count, and write results.json and report.html."""
-    from ..api import load
     from ..data import load_dataset
     from ..eval.evaluator import get_evaluator
-    from ..training.run import read_run_config
     from .report import build_report
 
     if samples < 2:
@@ -529,7 +513,7 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
     if likelihood_k is not None and likelihood_k < 1:
         raise GenlabError(f"--likelihood-k must be at least 1, got {likelihood_k}.")
     specs = parse_models(models)
-    run_configs = {s.tag: read_run_config(s.run_dir) for s in specs if s.source == "run"}
+    run_configs = {s.tag: Run(s.run_dir).config for s in specs if s.source == "run"}
     if budget is None and any(s.source == "preset" for s in specs):
         budget = DEFAULT_BUDGET
     the_budget = parse_budget(budget) if budget is not None else None
@@ -566,18 +550,19 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
     evaluator = get_evaluator(dataset, progress=progress)
     entries, loaded = [], {}
     for s in specs:
-        model = load(s.run_dir)
+        run = Run(s.run_dir)
+        model = run.load_model()
         loaded[s.tag] = model
         ev, ev_path, reused_from = _evaluate(s, folder, (evaluator.fingerprint, evaluator.weights_sha256), samples,
                                              seed, likelihood_k, hasattr(model, "encode"), dataset.num_classes,
                                              progress, log)
-        state = _training_record(_checkpoint_state(s.run_dir))
+        state = _training_record(run.checkpoint_state())
         secs, images = state.get("train_seconds"), state.get("images_seen")
         entries.append({
             "name": s.tag, "source": s.source, "preset": s.preset, "run_dir": str(s.run_dir),
-            "model": model.run_config.get("model"), "family": model.family,
+            "model": run.config.get("model"), "family": model.family,
             "conditional": model.conditional, "latent_dim": model.latent_dim,
-            "parameters": model.parameter_count(), "seed": model.run_config["train"].get("seed"),
+            "parameters": model.parameter_count(), "seed": run.config["train"].get("seed"),
             "train_seconds": secs, "images_seen": images, "steps": state.get("step"),
             "epochs_completed": state.get("epoch"),
             "img_per_s": (images / secs) if secs and images else None,
@@ -616,7 +601,9 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """The results as a plain-text table (like ``genlab eval``), with the protocol line above it."""
+    """The results as a plain-text table (like ``genlab eval --calibrate``), with the protocol line above it."""
+    from ..eval.report import text_table
+
     s = results["settings"]
     budget = s["budget"]["description"] if s["budget"] else "runs reused as they are"
     lines = [f"data {s['data']}; {budget}; seed {s['seed']}",
@@ -634,12 +621,7 @@ def format_results(results: dict[str, Any]) -> str:
                      f"{mm['recall']:.3f}", f"{mm['coverage']:.3f}", f"{mm['classes_covered']}/{mm['num_classes']}",
                      nll, "-" if m["train_seconds"] is None else f"{m['train_seconds']:.{0 if m['train_seconds'] >= 10 else 1}f}",
                      "-" if m["img_per_s"] is None else f"{m['img_per_s']:,.0f}", f"{m['parameters']:,}"])
-    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-
-    def row(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    lines += [row(header), row(["-" * w for w in widths])] + [row(b) for b in body]
+    lines.append(text_table(header, body, left=2))
     if any(m["likelihood"] for m in results["models"]):
         k = s["likelihood_k"]
         lines.append(f"NLL: {'IWAE estimate, k=' + str(k) if k else 'negative test ELBO (an upper bound)'}, "

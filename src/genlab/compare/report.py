@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..models.base import as_float_images
+from ..training.run import Run
 from ..viz import latent
 from ..viz.grid import image_grid, paired_rows
 from ..viz.plots import loss_curves_png
@@ -90,13 +91,13 @@ def _grid_png(images: torch.Tensor, nrow: int) -> bytes:
 # ----------------------------------------------------------------------------- figures per model
 
 
-def _samples_figure(model, seed: int) -> tuple[str, torch.Tensor]:
+def _samples_figure(model, name: str, seed: int) -> tuple[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     images = model.sample(GRID_SAMPLES, generator=gen).float().cpu().clamp(0, 1)
     noise = ("the same N(0, I) draw for every model with the same latent size" if latent.standard_normal_prior(model)
              else "drawn from this model's learned prior")
     what = "; a conditional model cycles through the classes" if model.conditional else ""
-    fig = _figure(_grid_png(images, 8), f"{GRID_SAMPLES} samples of {model.run_config['name']}",
+    fig = _figure(_grid_png(images, 8), f"{GRID_SAMPLES} samples of {name}",
                   f"{GRID_SAMPLES} samples at fixed noise (seed {esc(seed)}, {noise}){what}.")
     return fig, images
 
@@ -113,31 +114,17 @@ def _reconstruction_figure(model, dataset) -> str:
 
 
 def _interpolation_figure(model, dataset, seed: int) -> str:
-    gen = torch.Generator().manual_seed(seed)
-    p = INTERPOLATION_PAIRS
-    if latent.has_encoder(model):
-        split = latent.image_split(dataset)
-        idx = torch.randperm(len(split), generator=gen)[:2 * p]
-        i, j = idx[:p], idx[p:]
-        labels = None if split.labels is None else split.labels[i]
-        z0 = latent.posterior_means(model, split.images[i], labels)
-        z1 = latent.posterior_means(model, split.images[j], None if split.labels is None else split.labels[j])
-        ends = (split.images[i], split.images[j])
-        what = ("between the posterior means of random test images, shown at both ends (first and last column: "
-                "the originals)")
-    else:
-        z = model.prior_sample(2 * p, gen)
-        z0, z1, ends = z[:p], z[p:], None
-        labels = latent.row_labels(model, p)
-        what = "between random noise vectors from the prior"
-    images, per_row = latent.interpolation_images(model, z0, z1, INTERPOLATION_STEPS, ("slerp",),
-                                                  labels=labels if model.conditional else None, ends=ends)
+    ends = latent.interpolation_endpoints(model, dataset, INTERPOLATION_PAIRS, torch.Generator().manual_seed(seed))
+    what = ("between the posterior means of random test images, shown at both ends (first and last column: "
+            "the originals)" if ends.ends is not None else "between random noise vectors from the prior")
+    images, per_row = latent.interpolation_images(model, ends.z0, ends.z1, INTERPOLATION_STEPS, ("slerp",),
+                                                  labels=ends.labels, ends=ends.ends)
     return _figure(_grid_png(images, per_row), "latent interpolations",
                    f"Spherical interpolation (slerp) in {INTERPOLATION_STEPS} steps {what}; one row per pair.")
 
 
-def _curves_figure(model, run_dir: Path) -> str:
-    png = loss_curves_png(run_dir, title=f"{model.run_config['name']}: training curves")
+def _curves_figure(run: Run) -> str:
+    png = loss_curves_png(run.folder, title=f"{run.name}: training curves")
     if png is None:
         return "<p>No training curves: this run's metrics.jsonl holds no logged steps.</p>"
     return _figure(png, "training curves", "Training quantities against epochs, as logged (averages over "
@@ -145,7 +132,7 @@ def _curves_figure(model, run_dir: Path) -> str:
 
 
 def _progress_strip(run_dir: Path, epochs_completed: int | None) -> str:
-    grids = sorted((Path(run_dir) / "samples").glob("epoch-*.png"))
+    grids = Run(run_dir).epoch_grids()
     if not grids:
         return "<p>No per-epoch sample grids in this run.</p>"
     n, m = len(grids), min(len(grids), PROGRESS_GRIDS)
@@ -208,10 +195,11 @@ def _evaluation_note(entry: dict[str, Any]) -> str:
 
 def model_section(entry: dict[str, Any], model, dataset, evaluator, seed: int) -> str:
     """One model's section: heading, figures, and the figure captions that say how each was made."""
-    run_dir = Path(entry["run_dir"])
+    run = Run(entry["run_dir"])
+    run_dir = run.folder
     name = esc(entry["name"])
     family = str(entry["family"])
-    samples_fig, _ = _samples_figure(model, seed)
+    samples_fig, _ = _samples_figure(model, run.name, seed)
     parts = [(f'<section class="model" id="model-{name}"><h2>{name} <span class="tag {esc(family)}">'
              f'{esc(family.upper())}</span></h2>'),
              (f'<p class="meta">model {esc(entry["model"])}, {esc(format(entry["parameters"], ","))} parameters, '
@@ -224,7 +212,7 @@ def model_section(entry: dict[str, Any], model, dataset, evaluator, seed: int) -
     parts.append("</div><h3>Latent interpolation</h3>")
     parts.append(_interpolation_figure(model, dataset, seed))
     parts.append("<h3>Training curves</h3>")
-    parts.append(_curves_figure(model, run_dir))
+    parts.append(_curves_figure(run))
     parts.append("<h3>Samples over training time</h3>")
     parts.append(_progress_strip(run_dir, entry.get("epochs_completed")))
     parts.append("<h3>Nearest training images</h3>")

@@ -12,16 +12,11 @@ from safetensors.torch import save as save_tensors
 
 from ..errors import DataError, GenlabError
 from ..fileio import atomic_write_bytes, atomic_write_json
+from ..training.run import Run, likelihood_file_for  # noqa: F401 - likelihood_file_for: also reached from here
 from .evaluator import get_evaluator
 from .metrics import evaluate_images
 
 EVAL_FORMAT = "genlab-eval-1"
-
-
-def likelihood_file_for(eval_path: str | Path) -> Path:
-    """Where the per-image likelihoods of the evaluation in ``eval_path`` live: beside it, same stem
-    (``RUN/eval.json`` -> ``RUN/eval.likelihood.safetensors``)."""
-    return Path(eval_path).with_suffix(".likelihood.safetensors")
 
 
 @torch.no_grad()
@@ -34,27 +29,42 @@ def sample_model(model, n: int, seed: int = 0, batch_size: int = 1000) -> torch.
     return torch.cat(out)
 
 
+def inception_block(samples: torch.Tensor, dataset, reference: str = "test", n_reference: int = 10_000
+                    ) -> dict[str, Any]:
+    """FID and KID of ``samples`` (float in [0, 1]) in Inception-v3 features against the first
+    ``n_reference`` images of the dataset's ``reference`` split: the result's ``inception`` block. Needs
+    torch-fidelity and the weights on disk (``eval.inception``; never downloaded)."""
+    from .inception import inception_fid_kid
+
+    split = dataset.test if reference == "test" else dataset.train
+    return inception_fid_kid(samples, split.images[:n_reference].float() / 255)
+
+
 def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = "test", seed: int = 0,
                  likelihood_k: int | None = None, binarize: bool = False, progress: bool = True,
                  cache_dir: str | Path | None = None, write: bool = True,
-                 per_image_path: str | Path | None = None) -> dict[str, Any]:
+                 per_image_path: str | Path | None = None, inception: bool = False) -> dict[str, Any]:
     """Sample ``n_samples`` images from a run's model, score them against the dataset's ``reference`` split
     in the evaluator's feature space, add VAE likelihoods (ELBO always; IWAE NLL when ``likelihood_k``
     is given), write ``RUN/eval.json`` atomically and return the result.
 
     A VAE's per-image likelihoods go to ``per_image_path`` (safetensors; by default, when ``write``,
     ``RUN/eval.likelihood.safetensors``), named in the result's ``likelihood.per_image_file`` relative to
-    the folder of the JSON beside it; written before the JSON, so a JSON that names it finds it."""
-    from .. import load
-    from ..training.run import load_run_dataset
+    the folder of the JSON beside it; written before the JSON, so a JSON that names it finds it.
+    ``inception`` adds FID/KID in Inception features (:func:`inception_block`, against ``n_samples``
+    reference images) as the result's ``inception`` block; it is checked to be available first."""
     from .likelihood import vae_likelihood
 
     if n_samples < 2:
         raise GenlabError(f"n_samples must be at least 2, got {n_samples}.")
+    if inception:
+        from .inception import check_inception_available
+
+        check_inception_available()  # before minutes of work, not after
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    model = load(run_dir)
-    dataset = load_run_dataset(model.run_config, progress=progress)
+    run = Run(run_dir)
+    model = run.load_model()
+    dataset = run.dataset(progress=progress)
     evaluator = get_evaluator(dataset, progress=progress, cache_dir=cache_dir)
     t1 = time.perf_counter()
     samples = sample_model(model, n_samples, seed)
@@ -66,25 +76,38 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = 
                                               seed=seed, progress=progress, labels=dataset.test.labels,
                                               per_image=per_image)
         if per_image_path is None and write:
-            per_image_path = likelihood_file_for(run_dir / "eval.json")
+            per_image_path = run.likelihood_path
         if per_image_path is not None:
             per_image_path = Path(per_image_path)
             atomic_write_bytes(per_image_path, save_tensors({k: v.contiguous() for k, v in per_image.items()},
                                                             metadata={"units": "nats/image", "order": "test split"}))
             result["likelihood"]["per_image_file"] = per_image_path.name
     t3 = time.perf_counter()
-    result["run"] = {"run_dir": str(run_dir), "model": model.run_config.get("model"),
-                     "name": model.run_config.get("name"), "data": model.run_config["data"].get("spec")}
+    config = run.config
+    result["run"] = {"run_dir": str(run.folder), "model": config.get("model"), "name": config.get("name"),
+                     "data": config["data"].get("spec")}
     result["format"] = EVAL_FORMAT
     result["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     result["timings_s"] = {"load_and_evaluator": round(t1 - t0, 2), "sample_metrics": round(t2 - t1, 2),
                            "likelihood": round(t3 - t2, 2)}
+    if inception:
+        result["inception"] = inception_block(samples, dataset, reference, n_samples)
     if write:
-        atomic_write_json(run_dir / "eval.json", result)
+        atomic_write_json(run.eval_path, result)
     return result
 
 
 _SAVE_SAMPLES = ("Save samples with numpy.savez(path, images=samples) or `genlab sample RUN -n N -o samples.npz`.")
+
+
+def save_npz_images(images: torch.Tensor, path: str | Path) -> None:
+    """Write samples as the .npz that ``genlab eval --samples`` and ``npz:PATH`` data read: 'images', float32
+    in [0, 1], (N, C, H, W); written whole or not at all (a full disk leaves no torn file)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images.numpy().astype(np.float32, copy=False))
+    atomic_write_bytes(Path(path), buf.getbuffer())
 
 
 def _load_npz_images(path: Path) -> torch.Tensor:
@@ -110,11 +133,16 @@ def _load_npz_images(path: Path) -> torch.Tensor:
 
 def evaluate_npz(path: str | Path, data_spec: str, reference: str = "test", seed: int = 0,
                  data_dir: str | Path | None = None, progress: bool = True, cache_dir: str | Path | None = None,
-                 out: str | Path | None = None) -> dict[str, Any]:
+                 out: str | Path | None = None, inception_reference: int | None = None) -> dict[str, Any]:
     """Score the samples in an .npz (key ``images``, (N, C, H, W), float in [0, 1] or uint8) against the
-    dataset ``data_spec``. Writes the result to ``out`` (a .json path) if given."""
+    dataset ``data_spec``. Writes the result to ``out`` (a .json path) if given. ``inception_reference``:
+    also FID/KID in Inception features against that many reference images (:func:`inception_block`)."""
     from ..data import load_dataset
 
+    if inception_reference is not None:
+        from .inception import check_inception_available
+
+        check_inception_available()
     path = Path(path)
     images = _load_npz_images(path)
     dataset = load_dataset(data_spec, data_dir=data_dir, progress=progress)
@@ -127,6 +155,9 @@ def evaluate_npz(path: str | Path, data_spec: str, reference: str = "test", seed
         raise GenlabError(f"{path} holds {images.shape[0]} image(s); at least 2 are needed.")
     evaluator = get_evaluator(dataset, progress=progress, cache_dir=cache_dir)
     result = evaluate_images(images, dataset, evaluator, reference=reference, seed=seed)
+    if inception_reference is not None:
+        float_images = images.float() / 255 if images.dtype == torch.uint8 else images
+        result["inception"] = inception_block(float_images, dataset, reference, inception_reference)
     result["samples"] = {"path": str(path)}
     result["format"] = EVAL_FORMAT
     if out is not None:
@@ -185,6 +216,16 @@ def format_calibration(rows: list[dict[str, Any]]) -> str:
         mem = m.get("memorization", {}).get("fraction_closer_than_test_p1")
         body.append([r["name"], str(r["n"])] + [_fmt(m.get(k), spec) for k, _, spec in _COLUMNS]
                     + [_fmt(mem, "{:.3f}")])
-    widths = [max(len(x[i]) for x in [header] + body) for i in range(len(header))]
-    fmt_row = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(b) for b in body])
+    return text_table(header, body)
+
+
+def text_table(header: list[str], body: list[list[str]], left: int = 1) -> str:
+    """Rows of cells as aligned plain text: the header, a rule of dashes, then the rows; the first
+    ``left`` columns (names) aligned left, the others (numbers) right. Used by ``genlab eval --calibrate``
+    and ``genlab compare``."""
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in body])

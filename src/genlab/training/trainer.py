@@ -35,6 +35,7 @@ from ..viz.grid import save_grid
 from . import checkpoint as ckpt
 from . import distributed, speed
 from .context import TrainingContext, check_precision, resolve_precision
+from .run import Run
 
 
 @dataclass
@@ -174,8 +175,8 @@ class Trainer:
         self.lr_factor = 1.0  # the schedule's last factor (lr_factor), logged as lr_factor
         self.shuffle = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)  # the model's own noise (z, eps) comes from the global stream
-        self.checkpoint_path = self.run_dir / "checkpoints" / "last.safetensors"
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.layout = Run(self.run_dir)  # the run folder's file names
+        self.checkpoint_path, self.metrics_path = self.layout.checkpoint_path, self.layout.metrics_path
         self.on_save = None  # called with no arguments after each checkpoint is written (rank 0)
         self.check_every = finite_check_interval(self.device, config.log_every)  # steps between finite checks
         self._checked_step = 0  # the step up to which the losses are known to be finite
@@ -304,7 +305,7 @@ class Trainer:
         images = self.model.sample(self.config.num_samples, generator=gen)
         self.model.train()
         epoch = self.state.epoch if epoch is None else epoch
-        path = self.run_dir / "samples" / f"epoch-{epoch:04d}.png"
+        path = self.layout.epoch_grid(epoch)
         try:
             return save_grid(images, path)
         except OSError as e:

@@ -12,6 +12,10 @@ Every function returns images as float in [0, 1], (N, C, H, W), ready for ``viz.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -23,6 +27,8 @@ METHODS = ("lerp", "slerp")
 SLERP_PARALLEL_EPS = 1e-6
 # Rounds of resampling before the remaining components of a truncated draw are taken by inverse CDF.
 TRUNCATION_RESAMPLE_ROUNDS = 200
+# Test images over which the KL per latent dimension is averaged to rank a VAE's dimensions for traversal.
+KL_RANKING_IMAGES = 2000
 
 
 # ----------------------------------------------------------------------------- interpolation
@@ -196,6 +202,182 @@ def traversal_images(model: GenerativeModel, base: Tensor, dims: list[int], valu
         y = None if labels is None else labels[r:r + 1].repeat(steps)
         rows.append(decode(model, z, y))
     return torch.cat(rows)
+
+
+# ----------------------------------------------------------------------------- what the commands draw
+
+def _data(dataset: Any | Callable[[], Any]):
+    """A dataset, or a function that loads it: called only where images are needed (a GAN's pictures
+    need none, so its data is never read)."""
+    return dataset() if callable(dataset) else dataset
+
+
+@dataclass
+class Endpoints:
+    """The two ends of each interpolation path: latents z0, z1 (P, D), a class per path for conditional
+    models, the images they encode (shown at both ends) when they come from images, and a description."""
+
+    z0: Tensor
+    z1: Tensor
+    labels: Tensor | None
+    ends: tuple[Tensor, Tensor] | None
+    what: str
+
+
+def interpolation_endpoints(model: GenerativeModel, dataset: Any | Callable[[], Any], pairs: int,
+                            generator: torch.Generator, *, indices: list[int] | None = None,
+                            from_prior: bool = False, label: int | None = None) -> Endpoints:
+    """The ends of ``pairs`` interpolation paths. Models with an encoder: the posterior means of test
+    images, pairs ``indices`` (I, J, K, L ... -> I->J, K->L) or random pairs drawn with ``generator``;
+    ``from_prior``, and every model without an encoder: two draws from the prior per path.
+    ``label`` gives every path of a conditional model that class (default: an image's own class, or
+    0, 1, 2 ... for prior draws)."""
+    encoder = has_encoder(model)
+    if indices is not None and not encoder:
+        raise GenlabError(f"{type(model).__name__} is a GAN: GANs have no encoder, so --images cannot be mapped "
+                          "to latents. Omit --images to interpolate between noise vectors.")
+    if pairs < 1:
+        raise GenlabError(f"--pairs must be at least 1, got {pairs}.")
+    if label is not None:
+        row_labels(model, 1, label)  # checks the label (and that the model is conditional)
+    if not encoder or from_prior:
+        z = model.prior_sample(2 * pairs, generator)
+        return Endpoints(z[:pairs], z[pairs:], row_labels(model, pairs, label), None,
+                         "between random latents from the prior")
+    split = image_split(_data(dataset))
+    if indices is not None:
+        if len(indices) < 2 or len(indices) % 2:
+            raise GenlabError(f"--images takes pairs of test-image indices, I,J or I,J,K,L; got "
+                              f"{','.join(map(str, indices))!r}.")
+        check_indices(indices, len(split))
+        i, j = torch.tensor(indices[0::2]), torch.tensor(indices[1::2])
+    else:
+        if 2 * pairs > len(split):
+            raise GenlabError(f"--pairs {pairs} needs {2 * pairs} test images; there are {len(split)}.")
+        perm = torch.randperm(len(split), generator=generator)[:2 * pairs]
+        i, j = perm[:pairs], perm[pairs:]
+    y_i = None if split.labels is None else split.labels[i]
+    y_j = None if split.labels is None else split.labels[j]
+    labels = None
+    if model.conditional:
+        labels = row_labels(model, len(i), label) if label is not None else y_i
+    path_names = ", ".join(f"{a}->{b}" for a, b in zip(i.tolist(), j.tolist()))
+    return Endpoints(posterior_means(model, split.images[i], y_i), posterior_means(model, split.images[j], y_j),
+                     labels, (split.images[i], split.images[j]),
+                     f"between the posterior means of test images {path_names} (originals at both ends)")
+
+
+def interpolation(model: GenerativeModel, dataset: Any | Callable[[], Any], *, pairs: int = 4, steps: int = 8,
+                  methods: tuple[str, ...] = ("slerp",), seed: int = 0, indices: list[int] | None = None,
+                  from_prior: bool = False, label: int | None = None) -> tuple[Tensor, int, Endpoints]:
+    """What ``genlab interpolate`` draws: rows of decoded interpolations between the ends of
+    :func:`interpolation_endpoints` (seeded by ``seed``), one row per pair and method.
+    Returns (images, images per row, the endpoints)."""
+    ends = interpolation_endpoints(model, dataset, pairs, torch.Generator().manual_seed(seed), indices=indices,
+                                   from_prior=from_prior, label=label)
+    images, per_row = interpolation_images(model, ends.z0, ends.z1, steps, methods, labels=ends.labels, ends=ends.ends)
+    return images, per_row, ends
+
+
+def ranked_dimensions(model: GenerativeModel, dataset: Any | Callable[[], Any], top: int) -> tuple[list[int], str]:
+    """The ``top`` latent dimensions to traverse and how they were chosen: for a model with an encoder
+    those with the largest average KL on the first KL_RANKING_IMAGES test images (the ones it uses), for
+    others 0..top-1 (a GAN's noise dimensions have no order)."""
+    if top < 1:
+        raise GenlabError(f"--top must be at least 1, got {top}.")
+    k = min(top, model.latent_dim)
+    if not has_encoder(model):
+        return list(range(k)), f"0..{k - 1} (a GAN's noise dimensions have no order; choose others with --dims)"
+    split = image_split(_data(dataset))
+    n = min(len(split), KL_RANKING_IMAGES)
+    kl = kl_per_dimension(model, split.images[:n], None if split.labels is None else split.labels[:n])
+    dims = kl.argsort(descending=True)[:k].tolist()
+    return dims, (f"the {k} with the largest average KL on {n} test images: "
+                  + ", ".join(f"{d} ({kl[d]:.2f} nats)" for d in dims))
+
+
+@dataclass
+class Traversal:
+    """What ``genlab traverse`` drew: the images (one row per dimension), the dimensions and how they
+    were chosen, and the base latent's description."""
+
+    images: Tensor
+    dims: list[int]
+    how: str
+    base: str
+
+
+def traversal(model: GenerativeModel, dataset: Any | Callable[[], Any], *, dims: list[int] | None = None,
+              top: int = 8, image: int | None = None, seed: int = 0, value_range: float = 3.0, steps: int = 9,
+              label: int | None = None) -> Traversal:
+    """One row per latent dimension (``dims``, else :func:`ranked_dimensions` ``top``) varied over
+    [-value_range, value_range] around a base latent: the posterior mean of test image ``image``
+    (models with an encoder), else a prior draw seeded by ``seed``. ``label``: the class of every row
+    of a conditional model (default: the base image's class, else 0, 1, 2 ...)."""
+    encoder = has_encoder(model)
+    if image is not None and not encoder:
+        raise GenlabError(f"{type(model).__name__} is a GAN: GANs have no encoder, so --image cannot give a base "
+                          "latent. Omit --image to start from a prior draw.")
+    data = _data(dataset) if encoder else None
+    split = image_split(data) if encoder else None
+    base_label = None
+    if image is not None:
+        check_indices([image], len(split), "--image")
+        y = None if split.labels is None else split.labels[image:image + 1]
+        base = posterior_means(model, split.images[image:image + 1], y)[0]
+        base_label = None if y is None else int(y[0])
+        base_what = f"the posterior mean of test image {image}"
+    else:
+        base = model.prior_sample(1, torch.Generator().manual_seed(seed))[0]
+        base_what = f"a prior draw (seed {seed})"
+    if dims is not None:
+        how = "as given"
+    else:
+        dims, how = ranked_dimensions(model, data, top)
+    labels = row_labels(model, len(dims), label if label is not None else base_label)
+    return Traversal(traversal_images(model, base, dims, value_range, steps, labels), dims, how, base_what)
+
+
+SAMPLE_BATCH = 10_000  # images decoded at once by draw_samples: the networks' activations stay small
+
+
+def sample_count(model: GenerativeModel, n: int, label: int | None = None, per_class: int | None = None) -> int:
+    """How many images :func:`draw_samples` gives for these options (``per_class`` per class, else ``n``),
+    checked before anything of that size is allocated: ``label`` and ``per_class`` need a conditional model."""
+    if (label is not None or per_class) and not model.conditional:
+        raise GenlabError(f"this model ({type(model).__name__}) is unconditional; --label and --per-class need a "
+                          "conditional one, e.g. `genlab train cgan` or `genlab train cvae`.")
+    return model.num_classes * per_class if per_class else n
+
+
+def draw_samples(model: GenerativeModel, n: int, *, seed: int = 0, label: int | None = None,
+                 per_class: int | None = None, truncation: float | None = None, device: str | torch.device = "cpu",
+                 class_names: list[str] | None = None) -> tuple[Tensor, int | None]:
+    """What ``genlab sample`` draws: ``n`` samples (or ``per_class`` of every class, one row per class), all
+    of class ``label`` for a conditional model if given, from the truncated prior with ``truncation``
+    (:func:`truncated_samples`), seeded by ``seed``; in batches of SAMPLE_BATCH. Returns (images on CPU,
+    images per row of a grid: ``per_class``, else None for a near-square grid)."""
+    n = sample_count(model, n, label, per_class)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    labels, nrow = None, None
+    if per_class:
+        labels, nrow = torch.arange(model.num_classes).repeat_interleave(per_class), per_class
+    elif label is not None:
+        k = model.num_classes
+        if not 0 <= label < k:
+            names = class_names or list(range(k))
+            raise GenlabError(f"--label must be between 0 and {k - 1} (classes: {', '.join(map(str, names))})")
+        labels = torch.full((n,), label, dtype=torch.long)
+    trunc_gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for i in range(0, n, SAMPLE_BATCH):
+        m = min(SAMPLE_BATCH, n - i)
+        y = None if labels is None else labels[i:i + m]
+        if truncation is None:
+            parts.append(model.sample(m, labels=y, generator=gen).cpu())
+        else:
+            parts.append(truncated_samples(model, m, truncation, labels=y, generator=trunc_gen).cpu())
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), nrow
 
 
 def truncated_normal(n: int, dim: int, threshold: float, generator: torch.Generator | None = None) -> Tensor:
