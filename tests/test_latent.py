@@ -165,6 +165,10 @@ def test_cli_interpolate_traverse_and_truncated_sampling_write_pngs(vae_run, gan
     assert r.returncode == 0, r.stderr
     assert "largest average KL" in r.stdout
     assert Image.open(tmp_path / "t.png").size == (7 * 34 + 2, 3 * 34 + 2)
+    # around a labelled test image: the label is the image's class only for conditional models
+    r = genlab_cli("traverse", vae_run, "--image", "3", "--top", "2", "-o", tmp_path / "t3.png")
+    assert r.returncode == 0, r.stderr
+    assert "posterior mean of test image 3" in r.stdout
 
     r = genlab_cli("sample", gan_run, "-n", "16", "--truncation", "0.5", "-o", tmp_path / "s.png")
     assert r.returncode == 0, r.stderr

@@ -325,7 +325,7 @@ def traversal(model: GenerativeModel, dataset: Any | Callable[[], Any], *, dims:
         check_indices([image], len(split), "--image")
         y = None if split.labels is None else split.labels[image:image + 1]
         base = posterior_means(model, split.images[image:image + 1], y)[0]
-        base_label = None if y is None else int(y[0])
+        base_label = None if y is None or not model.conditional else int(y[0])  # the image's class, if used
         base_what = f"the posterior mean of test image {image}"
     else:
         base = model.prior_sample(1, torch.Generator().manual_seed(seed))[0]
