@@ -471,8 +471,8 @@ class Trainer:
                     st.batch_in_epoch = 0
                     epoch_start_state = self.shuffle.get_state()  # == the next epoch's start
                     self._end_of_epoch(last=st.epoch == cfg.epochs or status != "completed")
-                else:  # stopped inside an epoch: the saved model's prior matches its weights
-                    self._fit_prior()
+                else:  # stopped inside an epoch: the model's hook keeps what it fits in step with the saved weights
+                    self._model_hook(self.model.on_stop)
                     if status == "max_seconds":
                         self._stopped_mid_epoch(steps_per_epoch)
                 self.save(epoch_start_state)
@@ -509,19 +509,17 @@ class Trainer:
         self._checked_step = self.state.step
         return stop, time_up, save_due
 
-    def _fit_prior(self, due: bool = True) -> dict[str, float]:
-        """Models with a learned prior fitted to the encoded training set (``fit_prior``) refit it when
-        ``due``; the seconds it takes count as training time."""
-        if not (due and hasattr(self.model, "fit_prior")):
-            return {}
+    def _model_hook(self, hook, **kwargs: Any) -> dict[str, float] | None:
+        """Call one of the model's lifecycle hooks (``GenerativeModel.on_epoch_end``, ``on_stop``) with the
+        training set and the run's seed; the seconds it takes count as training time."""
         t0 = time.perf_counter()
-        out = self.model.fit_prior(self.dataset.train.images, self.dataset.train.labels, seed=self.config.seed)
+        out = hook(self.dataset.train.images, self.dataset.train.labels, seed=self.config.seed, **kwargs)
         self.state.train_seconds += time.perf_counter() - t0
         return out
 
     def _end_of_epoch(self, last: bool) -> None:
         cfg, st = self.config, self.state
-        fit = self._fit_prior(last or st.epoch % getattr(self.model, "prior_fit_every", 1) == 0)
+        fit = self._model_hook(self.model.on_epoch_end, epoch=st.epoch, last=last) or {}
         record: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "event": "epoch_end",
                                   "images": st.images_seen, "time": round(st.train_seconds, 3)}
         record.update(fit)
