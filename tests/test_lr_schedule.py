@@ -13,7 +13,7 @@ import genlab
 from genlab.errors import GenlabError
 from genlab.models.vae import MLPVAE
 from genlab.training import checkpoint as ckpt
-from genlab.training.trainer import Trainer, TrainConfig, TrainState, lr_factor
+from genlab.training.schedule import budget_progress, lr_factor, total_steps
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -53,13 +53,16 @@ def test_a_linear_schedule_decays_every_step_to_the_end_of_the_epochs(tmp_path):
 
 
 def test_under_a_time_limit_the_schedule_follows_whichever_limit_comes_first():
-    trainer = Trainer.__new__(Trainer)  # budget_progress reads only the config and the state
-    trainer.config = TrainConfig(epochs=10, lr_schedule="linear", max_seconds=100.0)
-    trainer.state = TrainState(step=10)
-    assert trainer.budget_progress(total_steps=100, seconds=50.0) == 0.5  # time is the tighter budget
-    assert trainer.budget_progress(total_steps=100, seconds=5.0) == 0.1  # steps are
-    trainer.config = TrainConfig(epochs=10, lr_schedule="linear")
-    assert trainer.budget_progress(total_steps=100, seconds=500.0) == 0.1  # no time limit: steps alone
+    assert budget_progress(10, total_steps=100, seconds=50.0, max_seconds=100.0) == 0.5  # time is the tighter budget
+    assert budget_progress(10, total_steps=100, seconds=5.0, max_seconds=100.0) == 0.1  # steps are
+    assert budget_progress(10, total_steps=100, seconds=500.0, max_seconds=None) == 0.1  # no time limit: steps alone
+    assert budget_progress(0, total_steps=0, seconds=0.0, max_seconds=None) == 0.0  # an empty budget divides by 1
+
+
+def test_the_step_budget_is_the_epochs_or_max_steps_whichever_is_smaller():
+    assert total_steps(epochs=3, steps_per_epoch=12, max_steps=None) == 36
+    assert total_steps(epochs=3, steps_per_epoch=12, max_steps=20) == 20
+    assert total_steps(epochs=3, steps_per_epoch=12, max_steps=100) == 36
 
 
 def test_a_time_budget_decays_the_rate_to_near_zero_by_its_end(tmp_path, step_clock):

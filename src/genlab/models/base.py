@@ -127,6 +127,26 @@ class GenerativeModel(nn.Module):
         for the device); the Trainer reads them back only when it logs."""
         raise NotImplementedError
 
+    # -- lifecycle hooks: the Trainer calls them on every model; these defaults do nothing ----------
+    def on_epoch_end(self, train_images: Tensor, train_labels: Tensor | None, *, epoch: int, last: bool,
+                     seed: int) -> dict[str, float]:
+        """Called by the Trainer after each complete epoch, before that epoch's evaluation, sample
+        grid and checkpoint, for work on the model that is not a gradient step but must keep up
+        with the weights (a VAE refits its mixture prior to the encoded training set here).
+
+        ``train_images``/``train_labels``: the whole training set as the dataset holds it (on the
+        CPU, uint8 or float images); ``epoch``: the epochs completed so far (1 after the first);
+        ``last``: no epoch follows in this run (the final epoch, or training stops at this epoch's
+        last step); ``seed``: the run's seed, for work that draws random numbers (from its own
+        generator, never the global stream). The seconds it takes count as training time. Returns
+        numbers added to the epoch's line in metrics.jsonl ({} for none)."""
+        return {}
+
+    def on_stop(self, train_images: Tensor, train_labels: Tensor | None, *, seed: int) -> None:
+        """Called by the Trainer when training stops inside an epoch (Ctrl-C, the step or time limit),
+        before the checkpoint it then saves, so that what ``on_epoch_end`` keeps in step with the
+        weights matches the weights being saved. Same arguments and timing as ``on_epoch_end``."""
+
     # -- the latent interface (interpolation, traversal, truncation and samples all use it) ----
     @property
     def latent_dim(self) -> int:

@@ -225,8 +225,8 @@ def check_prior(prior: str, components: int, fit_images: int, conditional: bool 
 class FittedPriorMixin:
     """The prior of a VAE whose config has ``prior`` ("normal" or "gmm"), ``prior_components`` and
     ``prior_fit_images``: N(0, I), or a ``GaussianMixturePrior`` (``self.prior``) that the Trainer
-    refits to the encoded training set through ``fit_prior`` after every ``prior_fit_every``-th epoch,
-    after the last and at every stop. Training always regularises q(z|x) towards N(0, I); the mixture
+    refits to the encoded training set (``fit_prior``) through the model's lifecycle hooks: after every
+    ``prior_fit_every``-th epoch, after the last (``on_epoch_end``) and at every stop (``on_stop``). Training always regularises q(z|x) towards N(0, I); the mixture
     replaces it for sampling and likelihoods, so how often it is refitted changes no weight: only
     what the epochs between fits sample from (the last fit) and the training time the fits take.
     The class using it sets ``self.prior`` (None for the standard normal) and has ``encode``."""
@@ -274,7 +274,7 @@ class FittedPriorMixin:
         """prior="gmm": fit the mixture to one draw z ~ q(z|x) for each of ``prior_fit_images``
         training images (a subset drawn with ``seed``): a density estimate of the aggregate
         posterior, the prior that maximises the ELBO for the given encoder (Hoffman & Johnson
-        2016). The Trainer calls this at the end of every epoch. No-op for the standard normal."""
+        2016). The Trainer's hooks (``on_epoch_end``, ``on_stop``) call it. No-op for the standard normal."""
         if self.prior is None or self.has_learned_prior:
             return {}
         was_training = self.training
@@ -289,6 +289,18 @@ class FittedPriorMixin:
             codes.append(losses.reparameterize(mu, logvar, randn(tuple(mu.shape), gen, mu.device)))
         self.train(was_training)
         return self.prior.fit(torch.cat(codes), seed=seed)
+
+    def on_epoch_end(self, train_images: Tensor, train_labels: Tensor | None, *, epoch: int, last: bool,
+                     seed: int) -> dict[str, float]:
+        """The Trainer's epoch-end hook: refit the mixture after every ``prior_fit_every``-th epoch and
+        after the last; returns the fit's figures for the epoch's log line."""
+        if not (last or epoch % self.prior_fit_every == 0):
+            return {}
+        return self.fit_prior(train_images, train_labels, seed=seed)
+
+    def on_stop(self, train_images: Tensor, train_labels: Tensor | None, *, seed: int) -> None:
+        """The Trainer's hook for a stop inside an epoch: refit, so the saved prior matches the saved weights."""
+        self.fit_prior(train_images, train_labels, seed=seed)
 
     def elbo_with_prior(self, x: Tensor, mu: Tensor, logvar: Tensor, noise: Tensor, log_px_given_z) -> Tensor:
         """One-sample ELBO under a learned prior (no closed-form KL): log p(x|z) + log p(z) - log q(z|x)."""

@@ -4,7 +4,10 @@ The model owns its update rule (``train_step``); the Trainer owns everything aro
 batches, the random streams, progress, ``metrics.jsonl``, sample grids at fixed noise,
 checkpoints, resume, Ctrl-C and non-finite losses, and how fast a step runs: the training
 precision and several processes (``context.TrainingContext``, handed to the model as
-``model.step_context``), torch.compile and channels-last (``speed``).
+``model.step_context``), torch.compile and channels-last (``speed``). It knows no model family:
+what a model does outside its steps it does in its lifecycle hooks (``GenerativeModel.on_epoch_end``,
+``on_stop``), which the Trainer calls on every model. The budget and the learning-rate schedule
+are pure functions (``schedule``); the log window is ``metrics_log.MetricsWindow``.
 
 Under torchrun (``distributed``) every process runs this loop on its share of each batch;
 rank 0 alone logs, evaluates, samples and writes, and the decisions to stop (Ctrl-C/SIGTERM to
@@ -22,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -35,7 +38,15 @@ from ..viz.grid import save_grid
 from . import checkpoint as ckpt
 from . import distributed, speed
 from .context import TrainingContext, check_precision, resolve_precision
+from .metrics_log import MetricsWindow
 from .run import Run
+from .schedule import (
+    LR_SCHEDULES,
+    budget_progress,
+    lr_factor,
+    set_lr_factor,
+    total_steps,
+)
 
 
 @dataclass
@@ -58,25 +69,6 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's networks (warm-up logged apart, not in img/s)
     channels_last: bool = False  # NHWC weights and batches for convolutional models
     lr_schedule: str = "constant"  # "constant", or "linear" / "cosine" decay to 0 at the end of the budget (lr_factor)
-
-
-LR_SCHEDULES = ("constant", "linear", "cosine")
-
-
-def lr_factor(schedule: str, progress: float) -> float:
-    """The learning rate as a fraction of the configured one, ``progress`` of the way through the
-    training budget (0 at the start, 1 at its end): 1 throughout for "constant"; 1 - progress for
-    "linear", the schedule that Li et al. 2020 ("Budgeted Training", ICLR) found best when the
-    budget is known in advance; (1 + cos(pi * progress)) / 2 for "cosine" (Loshchilov & Hutter 2017,
-    without restarts)."""
-    p = min(max(float(progress), 0.0), 1.0)
-    if schedule == "linear":
-        return 1.0 - p
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * p))
-    if schedule == "constant":
-        return 1.0
-    raise GenlabError(f"unknown learning-rate schedule {schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass
@@ -144,6 +136,14 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+class _Decision(NamedTuple):
+    """What the loop does after a step (``Trainer._decide``): checkpoint inside the epoch (``save``), and
+    stop (``status``: "interrupted", "max_steps" or "max_seconds") or go on (None)."""
+
+    save: bool
+    status: str | None
+
+
 class Trainer:
     """Trains ``model`` on ``dataset`` (a ``genlab.data.Dataset``), writing into ``run_dir``."""
 
@@ -180,6 +180,14 @@ class Trainer:
         self.on_save = None  # called with no arguments after each checkpoint is written (rank 0)
         self.check_every = finite_check_interval(self.device, config.log_every)  # steps between finite checks
         self._checked_step = 0  # the step up to which the losses are known to be finite
+        # the loop's running state, set up by _begin when fit starts
+        self._bar: tqdm | None = None
+        self._window = MetricsWindow()  # the steps since the last metrics.jsonl line
+        self._total_steps = 0  # the run's budget in steps (epochs, or max_steps)
+        self._stretch_start = 0.0  # perf_counter() when the training time was last banked in state.train_seconds
+        self._budget_seconds = 0.0  # the training time budget_progress reads under torchrun (agreed)
+        self._last_save = 0.0  # time.monotonic() of the last mid-epoch checkpoint
+        self._warming_up = False  # the next step is a torch.compile warm-up
 
     # -- checkpoints ------------------------------------------------------------------------
     def _rng_state(self, shuffle_state: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -322,163 +330,182 @@ class Trainer:
         self.model.train()
         return out
 
-    # -- the learning-rate schedule ----------------------------------------------------------
-    def budget_progress(self, total_steps: int, seconds: float) -> float:
-        """How far through its budget the run is, for the schedule: the larger of the fraction of its
-        steps taken and, under a time limit (``max_seconds``), the fraction of its time used
-        (``seconds``), so that the rate reaches 0 at whichever limit comes first."""
-        progress = self.state.step / max(total_steps, 1)
-        if self.config.max_seconds:
-            progress = max(progress, seconds / self.config.max_seconds)
-        return progress
-
-    def _apply_lr_schedule(self, progress: float) -> None:
-        factor = self.lr_factor = lr_factor(self.config.lr_schedule, progress)
-        for opt in self.optimizers.values():
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> str:
         """Train until ``epochs`` (or ``max_steps``, or ``max_seconds`` of training time). Returns "completed",
         "max_steps", "max_seconds" or "interrupted"."""
-        cfg, st, ctx = self.config, self.state, self.context
-        train = self.dataset.train
-        batches = BatchIterator(train.images.to(self.device),
-                                None if train.labels is None else train.labels.to(self.device),
-                                cfg.batch_size, self.shuffle, drop_last=cfg.drop_last,
-                                rank=self.rank, world_size=self.world_size, channels_last=self.channels_last)
+        cfg, st = self.config, self.state
+        # -- where the run stands: its batches, its budget, and whether any of it is left
+        batches = self._batches()
         steps_per_epoch = len(batches)
-        if steps_per_epoch == 0:
-            raise RunError(f"batch size {cfg.batch_size} is larger than the {len(train)} training images "
-                           "and drop_last is set: lower --batch-size.")
         self._check_position(steps_per_epoch)
-        total = cfg.epochs * steps_per_epoch
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
+        total = total_steps(cfg.epochs, steps_per_epoch, cfg.max_steps)
         if st.step >= total:
             return "completed" if st.epoch >= cfg.epochs else "max_steps"
         if cfg.max_seconds is not None and st.train_seconds >= cfg.max_seconds:
             return "max_seconds"
-        if self.dist.active:  # every process starts from rank 0's weights, as DDP does
-            distributed.broadcast_module(self.model)
-        self.model.train()
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=total, initial=st.step, unit="step", dynamic_ncols=True,
-                   disable=not (self.progress and self.is_main and sys.stderr.isatty()), desc=self.run_dir.name)
-        sums: dict[str, torch.Tensor] = {}
-        count, window_images, window_start = 0, 0, time.perf_counter()
+        self._begin(total)
         status = "completed"
-        last_save = time.monotonic()
-        warmup = bool(self.compiled)  # the first step compiles: timed apart
-        scheduled = cfg.lr_schedule != "constant"
-        # training time as the budget's progress reads it under torchrun: the processes' mean, agreed every
-        # log_every steps, so that every process sets the same rate and phase (one process reads its clock)
-        sched_seconds = st.train_seconds
-
-        def flush() -> None:
-            nonlocal sums, count, window_images, window_start
-            if count == 0:
-                return
-            now = time.perf_counter()
-            record = {"step": st.step, "epoch": round(st.step / steps_per_epoch, 4), "images": st.images_seen,
-                      "time": round(st.train_seconds, 3)}
-            if window_images:
-                record["img_per_s"] = round(window_images / max(now - window_start, 1e-9), 1)
-            if scheduled:
-                record["lr_factor"] = round(self.lr_factor, 5)
-            totals = torch.stack([v.detach().double().reshape(()) for v in sums.values()])  # one read-back
-            if self.dist.active:
-                totals = distributed.mean_across(totals)
-            record.update({k: total / count for k, total in zip(sums, totals.tolist())})
-            self._write_metrics(record)
-            bar.set_postfix_str("  ".join(f"{k} {record[k]:.4g}" for k in sums)
-                                + (f"  {record['img_per_s']:,.0f} img/s" if window_images else ""))
-            sums, count, window_images, window_start = {}, 0, 0, now
-
         with _StopRequest(self._say) as stop:
             while st.epoch < cfg.epochs and status == "completed":
                 if stop.requested and not self.dist.active:  # one that came during the last epoch's end
                     status = "interrupted"  # (its checkpoint is saved); under torchrun: at the next agreement
                     break
-                epoch_start_state = self.shuffle.get_state()
-                t0 = time.perf_counter()
+                epoch_start = self.shuffle.get_state()  # a checkpoint inside the epoch replays it from here
+                self._stretch_start = time.perf_counter()
+                # -- the steps: train, decide (stop? checkpoint?), log, checkpoint, stop
                 for batch in batches.epoch(start=st.batch_in_epoch):
-                    n = batches.global_size(st.batch_in_epoch)  # images in this step, all processes
-                    ctx.begin_step(batch.images.shape[0], n)
-                    seconds = sched_seconds if self.dist.active else st.train_seconds + time.perf_counter() - t0
-                    ctx.budget_progress = self.budget_progress(total, seconds)  # for models that read it
-                    if scheduled:
-                        self._apply_lr_schedule(ctx.budget_progress)
-                    if warmup:
-                        logs = self._compile_warmup_step(batch)
-                    else:
-                        logs = self.model.train_step(batch, st.step, self.optimizers)
-                    ctx.end_step()
-                    st.step += 1
-                    st.batch_in_epoch += 1
-                    st.images_seen += n
-                    if warmup:  # not part of the img/s window
-                        warmup, window_start = False, time.perf_counter()
-                    else:
-                        window_images += n
-                    for k, v in logs.items():
-                        sums[k] = sums[k] + v if k in sums else v.clone()
-                    count += 1
-                    stopping = stop.requested
-                    time_up = (cfg.max_seconds is not None
-                               and st.train_seconds + time.perf_counter() - t0 >= cfg.max_seconds)
-                    save_due = time.monotonic() - last_save > 60 * cfg.checkpoint_minutes
-                    if self.dist.active:  # the processes decide together, every log_every steps
-                        if st.step % cfg.log_every == 0:  # (sums: every step since the last decision)
-                            stopping, time_up, save_due = self._agree(sums, stopping, time_up, save_due)
-                        else:
-                            stopping = time_up = save_due = False
-                    elif st.step % self.check_every == 0 or st.step % cfg.log_every == 0 or save_due:
-                        self._check_finite(sums)  # the losses since the last log line: before it, or a save
-                    bar.update(1)
+                    self._train_step(batch, batches.global_size(st.batch_in_epoch))
+                    decision = self._decide(stop.requested)
+                    self._bar.update(1)
                     if st.step % cfg.log_every == 0:
-                        st.train_seconds += time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        flush()
-                        if cfg.max_seconds and self.dist.active:
-                            sched_seconds = float(distributed.mean_across(
-                                torch.tensor([st.train_seconds], dtype=torch.float64, device=self.device)))
-                    if save_due:
-                        self.save(epoch_start_state)
-                        last_save = time.monotonic()
-                    if stopping:
-                        status = "interrupted"
-                    elif cfg.max_steps is not None and st.step >= cfg.max_steps:
-                        status = "max_steps"
-                    elif time_up:
-                        status = "max_seconds"
-                    if status != "completed":
+                        self._log_step(steps_per_epoch)
+                    if decision.save:
+                        self.save(epoch_start)
+                        self._last_save = time.monotonic()
+                    if decision.status is not None:
+                        status = decision.status
                         break
-                st.train_seconds += time.perf_counter() - t0
-                if self.dist.active:  # also a point where the processes agree on a stop request
-                    if self._agree(sums, stop.requested, False, False)[0] and status == "completed":
-                        status = "interrupted"
-                else:
-                    self._check_finite(sums)
-                self._check_weights_finite()  # before the epoch's evaluation and sample grid
-                flush()
-                if status == "completed" and st.batch_in_epoch != steps_per_epoch:  # never loop without progress
-                    raise RunError(f"epoch {st.epoch + 1} ended after {st.batch_in_epoch} of its {steps_per_epoch} "
-                                   "batches: the run's position does not fit its data; start a new run.")
-                if st.batch_in_epoch == steps_per_epoch:  # the epoch is complete
-                    st.epoch += 1
-                    st.batch_in_epoch = 0
-                    epoch_start_state = self.shuffle.get_state()  # == the next epoch's start
-                    self._end_of_epoch(last=st.epoch == cfg.epochs or status != "completed")
-                else:  # stopped inside an epoch: the saved model's prior matches its weights
-                    self._fit_prior()
-                    if status == "max_seconds":
-                        self._stopped_mid_epoch(steps_per_epoch)
-                self.save(epoch_start_state)
-        bar.close()
+                # -- the end of the epoch, or of a stop inside it: checks, log line, hooks, grid, checkpoint
+                status = self._finish_steps(status, stop.requested, steps_per_epoch)
+                self._end_epoch_or_stop(status, steps_per_epoch)
+                self.save(epoch_start if st.batch_in_epoch else self.shuffle.get_state())  # the epoch resumed into
+        self._bar.close()
         return status
+
+    # -- the loop's parts, in the order it runs them ------------------------------------------
+    def _batches(self) -> BatchIterator:
+        """This process's batches of the training set, on the device, shuffled by ``self.shuffle``."""
+        cfg, train = self.config, self.dataset.train
+        batches = BatchIterator(train.images.to(self.device),
+                                None if train.labels is None else train.labels.to(self.device),
+                                cfg.batch_size, self.shuffle, drop_last=cfg.drop_last,
+                                rank=self.rank, world_size=self.world_size, channels_last=self.channels_last)
+        if len(batches) == 0:
+            raise RunError(f"batch size {cfg.batch_size} is larger than the {len(train)} training images "
+                           "and drop_last is set: lower --batch-size.")
+        return batches
+
+    def _begin(self, total: int) -> None:
+        """Set up the loop: rank 0's weights in every process, train mode, the run folder, the progress
+        bar and the loop's running state (an empty log window, the clocks, the budget)."""
+        if self.dist.active:  # every process starts from rank 0's weights, as DDP does
+            distributed.broadcast_module(self.model)
+        self.model.train()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._bar = tqdm(total=total, initial=self.state.step, unit="step", dynamic_ncols=True, desc=self.run_dir.name,
+                         disable=not (self.progress and self.is_main and sys.stderr.isatty()))
+        self._total_steps = total
+        self._window = MetricsWindow()
+        self._last_save = time.monotonic()
+        self._warming_up = bool(self.compiled)  # the first step compiles: timed apart
+        # training time as the budget's progress reads it under torchrun: the processes' mean, agreed every
+        # log_every steps, so that every process sets the same rate and phase (one process reads its clock)
+        self._budget_seconds = self.state.train_seconds
+
+    def _elapsed(self) -> float:
+        """Training time so far: ``state.train_seconds`` (banked at log lines and epoch ends) and the
+        stretch since it was last banked."""
+        return self.state.train_seconds + time.perf_counter() - self._stretch_start
+
+    def _bank_time(self) -> None:
+        now = time.perf_counter()
+        self.state.train_seconds += now - self._stretch_start
+        self._stretch_start = now
+
+    def _train_step(self, batch, images: int) -> None:
+        """One step of the model's update rule, at the budget's progress and the schedule's rate;
+        ``images``: the step's images in all processes together."""
+        cfg, st, ctx = self.config, self.state, self.context
+        ctx.begin_step(batch.images.shape[0], images)
+        seconds = self._budget_seconds if self.dist.active else self._elapsed()
+        ctx.budget_progress = budget_progress(st.step, self._total_steps, seconds, cfg.max_seconds)
+        if cfg.lr_schedule != "constant":
+            self.lr_factor = lr_factor(cfg.lr_schedule, ctx.budget_progress)
+            set_lr_factor(self.optimizers, self.lr_factor)
+        warmup, self._warming_up = self._warming_up, False
+        logs = self._compile_warmup_step(batch) if warmup else self.model.train_step(batch, st.step, self.optimizers)
+        ctx.end_step()
+        st.step += 1
+        st.batch_in_epoch += 1
+        st.images_seen += images
+        self._window.add(logs, images, timed=not warmup)  # a warm-up step is not part of img/s
+
+    def _decide(self, stop_requested: bool) -> _Decision:
+        """After each step: stop or go on, and whether a mid-epoch checkpoint is due. One process decides
+        every step, checking its losses every ``check_every`` steps, at each log line and before a save;
+        under torchrun the processes decide together every ``log_every`` steps (``_agree``, which checks
+        every process's losses) and go on between, so that every collective is reached by all of them."""
+        cfg, st = self.config, self.state
+        stop = stop_requested
+        time_up = cfg.max_seconds is not None and self._elapsed() >= cfg.max_seconds
+        save = time.monotonic() - self._last_save > 60 * cfg.checkpoint_minutes
+        log_step = st.step % cfg.log_every == 0
+        if self.dist.active:  # (the window's sums: every step since the last decision)
+            stop, time_up, save = self._agree(self._window.sums, stop, time_up, save) if log_step else (False,) * 3
+        elif st.step % self.check_every == 0 or log_step or save:
+            self._check_finite(self._window.sums)
+        if stop:
+            return _Decision(save, "interrupted")
+        if cfg.max_steps is not None and st.step >= cfg.max_steps:
+            return _Decision(save, "max_steps")
+        return _Decision(save, "max_seconds" if time_up else None)
+
+    def _log_step(self, steps_per_epoch: int) -> None:
+        """Every ``log_every`` steps: bank the training time and write the window's line; under torchrun
+        with a time limit, agree on the training time the budget's progress reads."""
+        self._bank_time()
+        self._write_log_line(steps_per_epoch)
+        if self.config.max_seconds and self.dist.active:
+            self._budget_seconds = float(distributed.mean_across(
+                torch.tensor([self.state.train_seconds], dtype=torch.float64, device=self.device)))
+
+    def _write_log_line(self, steps_per_epoch: int) -> None:
+        """The log window's line in metrics.jsonl and on the progress bar (nothing if the window is empty)."""
+        st = self.state
+        extra = {} if self.config.lr_schedule == "constant" else {"lr_factor": round(self.lr_factor, 5)}
+        line = self._window.flush(self._position(round(st.step / steps_per_epoch, 4)), extra,
+                                  distributed.mean_across if self.dist.active else None)
+        if line is not None:
+            self._write_metrics(line.record)
+            self._bar.set_postfix_str(line.progress_text())
+
+    def _position(self, epoch: float, **event: str) -> dict[str, Any]:
+        """The start of a metrics.jsonl record: where the run stands (``epoch``: completed or fractional)."""
+        st = self.state
+        return {"step": st.step, "epoch": epoch, **event, "images": st.images_seen, "time": round(st.train_seconds, 3)}
+
+    def _finish_steps(self, status: str, stop_requested: bool, steps_per_epoch: int) -> str:
+        """After an epoch's steps (all of them, or up to a stop): bank the time, check the losses (under
+        torchrun: agree once more, also on a stop request, which turns "completed" into "interrupted")
+        and the weights, and write the window's line. Returns the status."""
+        st = self.state
+        self._bank_time()
+        if self.dist.active:  # also a point where the processes agree on a stop request
+            if self._agree(self._window.sums, stop_requested, False, False)[0] and status == "completed":
+                status = "interrupted"
+        else:
+            self._check_finite(self._window.sums)
+        self._check_weights_finite()  # before the epoch's evaluation and sample grid
+        self._write_log_line(steps_per_epoch)
+        if status == "completed" and st.batch_in_epoch != steps_per_epoch:  # never loop without progress
+            raise RunError(f"epoch {st.epoch + 1} ended after {st.batch_in_epoch} of its {steps_per_epoch} "
+                           "batches: the run's position does not fit its data; start a new run.")
+        return status
+
+    def _end_epoch_or_stop(self, status: str, steps_per_epoch: int) -> None:
+        """A complete epoch: count it and do its end (``_end_of_epoch``). A stop inside one: the model's
+        ``on_stop`` hook (so the saved model is consistent), and at the time limit a grid and a log line."""
+        st = self.state
+        if st.batch_in_epoch == steps_per_epoch:
+            st.epoch += 1
+            st.batch_in_epoch = 0
+            self._end_of_epoch(last=st.epoch == self.config.epochs or status != "completed")
+        else:
+            self._model_hook(self.model.on_stop)
+            if status == "max_seconds":
+                self._stopped_mid_epoch(steps_per_epoch)
 
     def _compile_warmup_step(self, batch) -> dict[str, torch.Tensor]:
         """The first step of a compiled model: compiles its networks. Timed and logged apart."""
@@ -510,22 +537,21 @@ class Trainer:
         self._checked_step = self.state.step
         return stop, time_up, save_due
 
-    def _fit_prior(self, due: bool = True) -> dict[str, float]:
-        """Models with a learned prior fitted to the encoded training set (``fit_prior``) refit it when
-        ``due``; the seconds it takes count as training time."""
-        if not (due and hasattr(self.model, "fit_prior")):
-            return {}
+    def _model_hook(self, hook, **kwargs: Any) -> dict[str, float] | None:
+        """Call one of the model's lifecycle hooks (``GenerativeModel.on_epoch_end``, ``on_stop``) with the
+        training set and the run's seed; the seconds it takes count as training time."""
         t0 = time.perf_counter()
-        out = self.model.fit_prior(self.dataset.train.images, self.dataset.train.labels, seed=self.config.seed)
+        out = hook(self.dataset.train.images, self.dataset.train.labels, seed=self.config.seed, **kwargs)
         self.state.train_seconds += time.perf_counter() - t0
         return out
 
     def _end_of_epoch(self, last: bool) -> None:
+        """After a complete epoch: the model's ``on_epoch_end`` hook, the evaluation, a sample grid when
+        one is due, the epoch's line in metrics.jsonl and (about 20 times a run) on the terminal."""
         cfg, st = self.config, self.state
-        fit = self._fit_prior(last or st.epoch % getattr(self.model, "prior_fit_every", 1) == 0)
-        record: dict[str, Any] = {"step": st.step, "epoch": st.epoch, "event": "epoch_end",
-                                  "images": st.images_seen, "time": round(st.train_seconds, 3)}
-        record.update(fit)
+        figures = self._model_hook(self.model.on_epoch_end, epoch=st.epoch, last=last) or {}
+        record: dict[str, Any] = self._position(st.epoch, event="epoch_end")  # its time includes the hook's
+        record.update(figures)
         record.update(self.evaluate())
         if last or (cfg.sample_every and st.epoch % cfg.sample_every == 0):
             path = self.sample_grid()
@@ -541,8 +567,7 @@ class Trainer:
         """At the time limit inside an epoch: a grid of the epoch in progress (the epoch's own grid
         replaces it if the run is resumed) and a log line saying where the run stopped."""
         st = self.state
-        record: dict[str, Any] = {"step": st.step, "epoch": round(st.step / steps_per_epoch, 4),
-                                  "event": "max_seconds", "images": st.images_seen, "time": round(st.train_seconds, 3)}
+        record: dict[str, Any] = self._position(round(st.step / steps_per_epoch, 4), event="max_seconds")
         path = self.sample_grid(epoch=st.epoch + 1)
         if path is not None:
             record["samples"] = str(path.relative_to(self.run_dir))
