@@ -554,7 +554,7 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
         model = run.load_model()
         loaded[s.tag] = model
         ev, ev_path, reused_from = _evaluate(s, folder, (evaluator.fingerprint, evaluator.weights_sha256), samples,
-                                             seed, likelihood_k, hasattr(model, "encode"), dataset.num_classes,
+                                             seed, likelihood_k, model.encodes, dataset.num_classes,
                                              progress, log)
         state = _training_record(run.checkpoint_state())
         secs, images = state.get("train_seconds"), state.get("images_seen")
