@@ -71,3 +71,17 @@ def test_a_fitted_mixture_prior_is_declared_not_standard_normal():
     assert model.has_standard_normal_prior  # nothing fitted yet: N(0, I)
     model.fit_prior(torch.rand(64, *SHAPE))
     assert not model.has_standard_normal_prior
+
+
+def test_compare_reuses_the_evaluation_of_a_model_without_likelihood_that_encodes(tmp_path):
+    """The VAE-GAN encodes but has no pixel likelihood, so its evaluation has no likelihood block: compare
+    must take that as complete (it asked for the encoder before and never reused such an evaluation)."""
+    from genlab.compare.driver import _usable
+
+    model = build_model("vae-gan", {}, SHAPE)
+    assert model.encodes and not model.has_likelihood
+    ev = {"format": "genlab-eval-1", "protocol": {"evaluator_fingerprint": "f", "evaluator_weights_sha256": "w",
+                                                  "n_samples": 10, "seed": 0, "reference": "test"}}
+    path = tmp_path / "eval.json"
+    assert _usable(ev, ("f", "w"), 10, 0, None, model.has_likelihood, path)
+    assert not _usable(ev, ("f", "w"), 10, 0, None, build_model("mlp-vae", {}, SHAPE).has_likelihood, path)
