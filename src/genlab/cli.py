@@ -431,7 +431,7 @@ def cmd_reconstruct(args) -> int:
 
     run = Run(args.run)
     model = run.load_model(args.device)
-    if not latent.has_encoder(model):
+    if not model.encodes:
         raise GenlabError(f"{args.run} holds a {model.family.upper()} ({run.config['model']}); only VAEs "
                           "reconstruct. Use `genlab sample` instead.")
     split = latent.image_split(run.dataset())

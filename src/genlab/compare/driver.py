@@ -284,10 +284,11 @@ def _train_preset(spec: ModelSpec, data: tuple[str, int | None, int | None], dat
 
 
 def _usable(ev: Any, evaluator_id: tuple[str, str], samples: int, seed: int,
-            likelihood_k: int | None, family_vae: bool, path: Path | None = None) -> bool:
+            likelihood_k: int | None, has_likelihood: bool, path: Path | None = None) -> bool:
     """Whether an existing evaluation was made exactly the way this comparison evaluates: with the same
-    evaluator (fingerprint and weights: ``evaluator_id``), sample count, seed and likelihood - for a VAE
-    with its per-image likelihoods beside ``path``, which the paired comparison of likelihoods reads.
+    evaluator (fingerprint and weights: ``evaluator_id``), sample count, seed and likelihood - for a model
+    that ``has_likelihood`` (the VAEs; not the GANs or the VAE-GAN) with its per-image likelihoods beside
+    ``path``, which the paired comparison of likelihoods reads.
     Whether its values are well-formed is checked apart, by :func:`checked_evaluation`."""
     if not isinstance(ev, dict) or ev.get("format") != "genlab-eval-1":
         return False
@@ -301,14 +302,14 @@ def _usable(ev: Any, evaluator_id: tuple[str, str], samples: int, seed: int,
     lk = ev.get("likelihood")
     if lk is not None and not isinstance(lk, dict):
         return False
-    if lk and not family_vae:  # a GAN's evaluation has no likelihood: this file was not made by genlab eval
+    if lk and not has_likelihood:  # a GAN's evaluation has no likelihood: this file was not made by genlab eval
         return False
     if lk and lk.get("binarized"):
         return False
-    if family_vae and likelihood_k is not None and not (lk and lk.get("k") == likelihood_k
+    if has_likelihood and likelihood_k is not None and not (lk and lk.get("k") == likelihood_k
                                                          and lk.get("nll_iwae") is not None):
         return False
-    if family_vae and path is not None:
+    if has_likelihood and path is not None:
         file = likelihood_file_for(path)
         return (bool(lk) and lk.get("per_image_file") == file.name
                 and _per_image(file, lk.get("n_images")) is not None)
@@ -411,7 +412,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samples: int, seed: int,
-              likelihood_k: int | None, has_encoder: bool, num_classes: int, progress: bool,
+              likelihood_k: int | None, has_likelihood: bool, num_classes: int, progress: bool,
               log: Callable[[str], None]) -> tuple[dict[str, Any], Path, str | None]:
     """The evaluation of one model: reused when usable, else computed. Runs trained by the comparison keep
     it in their eval.json; reused run folders are never written into (it goes to evals/<tag>.json).
@@ -427,7 +428,7 @@ def _evaluate(spec: ModelSpec, folder: Path, evaluator_id: tuple[str, str], samp
     candidates = [target] if own else [target, run_eval]
     for path in candidates:
         ev = _read_json(path)
-        if not _usable(ev, evaluator_id, samples, seed, likelihood_k, has_encoder, path):
+        if not _usable(ev, evaluator_id, samples, seed, likelihood_k, has_likelihood, path):
             continue
         try:
             ev = checked_evaluation(ev, num_classes)
@@ -554,7 +555,7 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
         model = run.load_model()
         loaded[s.tag] = model
         ev, ev_path, reused_from = _evaluate(s, folder, (evaluator.fingerprint, evaluator.weights_sha256), samples,
-                                             seed, likelihood_k, hasattr(model, "encode"), dataset.num_classes,
+                                             seed, likelihood_k, model.has_likelihood, dataset.num_classes,
                                              progress, log)
         state = _training_record(run.checkpoint_state())
         secs, images = state.get("train_seconds"), state.get("images_seen")

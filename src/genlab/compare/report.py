@@ -207,7 +207,7 @@ def model_section(entry: dict[str, Any], model, dataset, evaluator, seed: int) -
              f'{"" if entry["source"] == "preset" else " (reused as it was)"}.</p>'),
              _evaluation_note(entry),
              "<h3>Samples</h3>", f'<div class="figs">{samples_fig}']
-    if latent.has_encoder(model):
+    if model.encodes:
         parts.append(_reconstruction_figure(model, dataset))
     parts.append("</div><h3>Latent interpolation</h3>")
     parts.append(_interpolation_figure(model, dataset, seed))

@@ -25,10 +25,6 @@ from ..models.losses import gaussian_kl
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _std_normal_logpdf(z: Tensor) -> Tensor:
-    return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
-
-
 def log_weights(model, x: Tensor, eps: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None,
                 labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(log w, log p(x|z)) for z = mu + sigma * eps, with log w = log p(x|z) + log p(z) - log q(z|x).
@@ -43,7 +39,7 @@ def log_weights(model, x: Tensor, eps: Tensor, mu: Tensor | None = None, logvar:
     xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
     ys = None if labels is None else labels.unsqueeze(0).expand(s, b).reshape(s * b)
     log_px_z = model.log_px_given_z(xs, z.reshape(s * b, zd), ys).reshape(s, b)
-    log_pz = model.log_prior(z) if hasattr(model, "log_prior") else _std_normal_logpdf(z)
+    log_pz = model.log_prior(z)
     log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar[None]).sum(-1)  # log N(z; mu, sigma^2), z - mu = sigma * eps
     return log_px_z + log_pz - log_qz, log_px_z
 
@@ -71,8 +67,9 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
     ``neg_elbo`` always, ``nll_iwae`` when k > 1 - what a paired comparison of two models on the same
     images needs (``genlab compare`` reports the difference with its paired standard error).
     """
-    if not (hasattr(model, "encode") and hasattr(model, "log_px_given_z")):
-        raise GenlabError(f"{type(model).__name__} has no encode/log_px_given_z; likelihoods are for VAEs only.")
+    if not model.has_likelihood:
+        raise GenlabError(f"{type(model).__name__} has no pixel likelihood (encode and log_px_given_z); "
+                          "likelihoods are for VAEs only.")
     if k < 1 or batch_images < 1:
         raise GenlabError(f"k and batch_images must be at least 1, got k={k}, batch_images={batch_images}.")
     model.eval()
@@ -109,7 +106,7 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
             lw_sum += lw.double().sum(0)
             done += s
         nll[i:i + b] = -(lse - math.log(k)).cpu()
-        if getattr(model, "has_standard_normal_prior", True):  # KL(q || N(0, I)) in closed form
+        if model.has_standard_normal_prior:  # KL(q || N(0, I)) in closed form
             elbo[i:i + b] = (recon_sum / k - gaussian_kl(mu, logvar).double()).cpu()
         else:  # a learned prior has no closed-form KL: the k-sample Monte Carlo mean of log w
             elbo[i:i + b] = (lw_sum / k).cpu()
@@ -121,7 +118,7 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
         per_image["neg_elbo"] = -elbo
         if k > 1:
             per_image["nll_iwae"] = nll
-    decoder = getattr(getattr(model, "config", None), "likelihood", "bernoulli")
+    decoder = model.decoder_likelihood
     if decoder == "logistic":  # a distribution over the 256 levels of 8-bit pixels: bits/dim are meaningful
         kind, binary = "discretized logistic over 256 levels (normalised, 8-bit data)", True
     elif decoder == "gaussian":

@@ -70,7 +70,7 @@ def evaluate_run(run_dir: str | Path, n_samples: int = 10_000, reference: str = 
     samples = sample_model(model, n_samples, seed)
     result = evaluate_images(samples, dataset, evaluator, reference=reference, seed=seed)
     t2 = time.perf_counter()
-    if hasattr(model, "encode") and hasattr(model, "log_px_given_z"):
+    if model.has_likelihood:
         per_image: dict[str, torch.Tensor] = {}
         result["likelihood"] = vae_likelihood(model, dataset.test.images, k=likelihood_k or 1, binarize=binarize,
                                               seed=seed, progress=progress, labels=dataset.test.labels,

@@ -100,6 +100,17 @@ class GenerativeModel(nn.Module):
 
     family: ClassVar[str] = ""
 
+    # -- capabilities: what a model can do beyond the methods every model has, declared here and
+    # nowhere else. Evaluation, the latent tools, the CLI and compare read these and never probe a
+    # model for methods or read its config; a subclass that has the capability says so.
+    encodes: ClassVar[bool] = False
+    """True when the model has ``encode(x, labels) -> (mu, logvar)``, q(z|x) over ``latent_dim``,
+    and ``reconstruct(x, labels)``: reconstructions, encoded interpolation and traversal from an image."""
+
+    label_dim: int = 0
+    """Size of the one-hot class label the networks take: the number of classes for a conditional
+    model (set in its ``__init__``), 0 for an unconditional one (``conditional`` reads it)."""
+
     def __init__(self, config: Any, image_shape: tuple[int, int, int], num_classes: int = 0):
         super().__init__()
         # how train_step runs its passes: this model's own plain fp32 single-process context (one per
@@ -175,8 +186,21 @@ class GenerativeModel(nn.Module):
 
     @property
     def conditional(self) -> bool:
-        """True when sampling takes a class label."""
-        return bool(getattr(self, "label_dim", 0))
+        """True when sampling takes a class label (and training, encoding and decoding need one)."""
+        return self.label_dim > 0
+
+    @property
+    def decoder_likelihood(self) -> str | None:
+        """The name of the pixel likelihood p(x|z) that ``log_px_given_z(x, z, labels)`` evaluates
+        ("bernoulli", "gaussian" or "logistic"; how the evaluator labels its numbers), or None for a
+        model without one (the GANs; the VAE-GAN, whose reconstruction error is in feature space)."""
+        return None
+
+    @property
+    def has_likelihood(self) -> bool:
+        """True when the test ELBO and the importance-weighted NLL apply: the model ``encodes`` and has
+        ``log_px_given_z``, the pixel likelihood that ``decoder_likelihood`` names."""
+        return self.encodes and self.decoder_likelihood is not None
 
     @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:

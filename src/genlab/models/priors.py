@@ -223,8 +223,8 @@ def check_prior(prior: str, components: int, fit_images: int, conditional: bool 
 
 
 class FittedPriorMixin:
-    """The prior of a VAE whose config has ``prior`` ("normal" or "gmm"), ``prior_components`` and
-    ``prior_fit_images``: N(0, I), or a ``GaussianMixturePrior`` (``self.prior``) that the Trainer
+    """The prior of a VAE whose config has ``prior`` ("normal" or "gmm"), ``prior_components``,
+    ``prior_fit_images`` and ``prior_fit_every``: N(0, I), or a ``GaussianMixturePrior`` (``self.prior``) that the Trainer
     refits to the encoded training set (``fit_prior``) through the model's lifecycle hooks: after every
     ``prior_fit_every``-th epoch, after the last (``on_epoch_end``) and at every stop (``on_stop``). Training always regularises q(z|x) towards N(0, I); the mixture
     replaces it for sampling and likelihoods, so how often it is refitted changes no weight: only
@@ -236,7 +236,7 @@ class FittedPriorMixin:
     @property
     def prior_fit_every(self) -> int:
         """Epochs between the Trainer's refits of the mixture (the config's ``prior_fit_every``)."""
-        return int(getattr(self.config, "prior_fit_every", 1))
+        return int(self.config.prior_fit_every)
 
     def make_prior(self, z_dim: int) -> GaussianMixturePrior | LearnedMixturePrior | None:
         c = self.config

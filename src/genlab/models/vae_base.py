@@ -76,6 +76,7 @@ class VAE(FittedPriorMixin, GenerativeModel):
     """A VAE with the networks its subclass builds (``build_encoder``, ``build_decoder``)."""
 
     family = "vae"
+    encodes = True
     # how the training loss reduces over the batch: "sum" (the seed's BCE(sum) + KL) or "mean"
     batch_reduction: ClassVar[str] = "mean"
     eval_batch_size: ClassVar[int] = 1000  # images per forward pass of ``evaluate``
@@ -194,6 +195,11 @@ class VAE(FittedPriorMixin, GenerativeModel):
     def log_px_given_z(self, x: Tensor, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """log p(x|z [, y]) per image, in nats; z of shape (B, z_dim) for x of (B, C, H, W)."""
         return -self.nll(self.decoder_output(z, labels), x)
+
+    @property
+    def decoder_likelihood(self) -> str:
+        """The config's ``likelihood``: the p(x|z) that ``log_px_given_z`` evaluates."""
+        return self.config.likelihood
 
     @property
     def refits_encoder(self) -> bool:

@@ -44,6 +44,7 @@ class VAEGAN(GenerativeModel):
     """Encoder, decoder/generator and discriminator trained with three optimizers (Larsen et al. 2016)."""
 
     family = "vae"
+    encodes = True  # q(z|x); no pixel likelihood (its reconstruction error is in the discriminator's features)
 
     def __init__(self, config: VAEGANConfig, image_shape, num_classes: int = 0):
         super().__init__(config, image_shape, num_classes)

@@ -77,11 +77,6 @@ def interpolate(a: Tensor, b: Tensor, steps: int, method: str = "slerp") -> Tens
 
 # ----------------------------------------------------------------------------- helpers
 
-def has_encoder(model: GenerativeModel) -> bool:
-    """VAEs (and the VAE-GAN) map images to latents; GANs do not."""
-    return hasattr(model, "encode")
-
-
 def standard_normal_prior(model: GenerativeModel) -> bool:
     """Whether the model samples z from N(0, I), so truncation is meaningful: what the model declares in
     ``has_standard_normal_prior``, unless a class overrides ``prior_sample`` below the class that makes
@@ -128,7 +123,7 @@ def check_indices(indices: list[int], n: int, what: str = "--images") -> None:
 @torch.no_grad()
 def posterior_means(model: GenerativeModel, images: Tensor, labels: Tensor | None = None) -> Tensor:
     """mu of q(z | x [, y]) for images (uint8 or float in [0, 1]); only for models with an encoder."""
-    if not has_encoder(model):
+    if not model.encodes:
         raise GenlabError(f"{type(model).__name__} is a {model.family.upper()}: GANs have no encoder, so images "
                           "cannot be mapped to latents. Interpolate between noise vectors (--random) instead.")
     x = as_float_images(images).to(model.device)
@@ -232,7 +227,7 @@ def interpolation_endpoints(model: GenerativeModel, dataset: Any | Callable[[], 
     ``from_prior``, and every model without an encoder: two draws from the prior per path.
     ``label`` gives every path of a conditional model that class (default: an image's own class, or
     0, 1, 2 ... for prior draws)."""
-    encoder = has_encoder(model)
+    encoder = model.encodes
     if indices is not None and not encoder:
         raise GenlabError(f"{type(model).__name__} is a GAN: GANs have no encoder, so --images cannot be mapped "
                           "to latents. Omit --images to interpolate between noise vectors.")
@@ -286,7 +281,7 @@ def ranked_dimensions(model: GenerativeModel, dataset: Any | Callable[[], Any], 
     if top < 1:
         raise GenlabError(f"--top must be at least 1, got {top}.")
     k = min(top, model.latent_dim)
-    if not has_encoder(model):
+    if not model.encodes:
         return list(range(k)), f"0..{k - 1} (a GAN's noise dimensions have no order; choose others with --dims)"
     split = image_split(_data(dataset))
     n = min(len(split), KL_RANKING_IMAGES)
@@ -314,7 +309,7 @@ def traversal(model: GenerativeModel, dataset: Any | Callable[[], Any], *, dims:
     [-value_range, value_range] around a base latent: the posterior mean of test image ``image``
     (models with an encoder), else a prior draw seeded by ``seed``. ``label``: the class of every row
     of a conditional model (default: the base image's class, else 0, 1, 2 ...)."""
-    encoder = has_encoder(model)
+    encoder = model.encodes
     if image is not None and not encoder:
         raise GenlabError(f"{type(model).__name__} is a GAN: GANs have no encoder, so --image cannot give a base "
                           "latent. Omit --image to start from a prior draw.")
