@@ -1,8 +1,11 @@
 """Shared fixtures."""
 import functools
 import http.server
+import importlib.util
 import socket
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +79,13 @@ def step_clock(monkeypatch):
             return logs
         monkeypatch.setattr(cls, "train_step", timed_step)
     return drive
+
+
+def load_behaviour_guard():
+    """``scripts/behaviour_guard.py`` as a module (the behaviour-guard and old-run tests share it)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "behaviour_guard.py"
+    spec = importlib.util.spec_from_file_location("behaviour_guard", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks the module up while it is built
+    spec.loader.exec_module(mod)
+    return mod

@@ -3,27 +3,14 @@ recorded in tests/fixtures/behaviour/guard.json (scripts/behaviour_guard.py hold
 signatures and the per-case tolerances, and says how they were measured). On the CPU and torch
 build the fixture was made on the weights must be bit-identical; elsewhere their signatures must
 agree within each case's tolerance."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_behaviour_guard
 
 from genlab.models.registry import build_model, resolve
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_guard():
-    spec = importlib.util.spec_from_file_location("behaviour_guard", ROOT / "scripts" / "behaviour_guard.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclass looks the module up while it is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-guard = _load_guard()
+guard = load_behaviour_guard()
 FIXTURE = json.loads(guard.FIXTURE.read_text())
 REGENERATE = "python scripts/behaviour_guard.py --write (on the reference code only)"
 

@@ -94,26 +94,6 @@ def test_users_register_their_own_model_without_editing_genlab():
         MODELS.pop("tiny-vae-test"), PRESETS.pop("tiny-vae-test-preset")
 
 
-def test_dynamic_binarization_trains_on_fresh_binary_draws():
-    model = build_model("mlp-vae", {"binarize": True}, (1, 8, 8))
-    seen = []
-    original = model.loss_terms
-
-    def spy(x, labels=None, noise=None, beta=None):
-        seen.append(x.clone())
-        return original(x, labels, noise, beta)
-
-    model.loss_terms = spy
-    grey = torch.full((64, 1, 8, 8), 0.3)
-    opts = model.configure_optimizers()
-    model.train_step(Batch(grey), 0, opts)
-    model.train_step(Batch(grey), 1, opts)
-    a, b = seen
-    assert set(a.unique().tolist()) == {0.0, 1.0}
-    assert abs(a.mean().item() - 0.3) < 0.05  # Bernoulli(0.3) pixels
-    assert not torch.equal(a, b)  # a new draw every step
-
-
 def test_mlp_vae_decoder_can_be_sized_apart_from_the_encoder():
     model = build_model("mlp-vae", {"hidden": (256, 128), "decoder_hidden": (64, 300), "z_dim": 8}, (1, 28, 28))
     enc = [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)]

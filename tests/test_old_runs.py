@@ -3,30 +3,18 @@ seed-gan trained 18 steps on digits, stopped inside their second epoch; expected
 commit that wrote them) still load, sample and evaluate to the numbers they gave then, and resume
 from where they stopped. Regenerate only on the reference code: scripts/behaviour_guard.py
 --write-old-runs."""
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_behaviour_guard
 
 import genlab
 from genlab.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_guard():
-    spec = importlib.util.spec_from_file_location("behaviour_guard", ROOT / "scripts" / "behaviour_guard.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclass looks the module up while it is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-guard = _load_guard()
+guard = load_behaviour_guard()
 EXPECTED = json.loads((guard.OLD_RUNS / "expected.json").read_text())
 SAME_MACHINE = EXPECTED["machine"] == guard.machine()
 
