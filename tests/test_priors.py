@@ -32,7 +32,7 @@ def test_an_unfitted_mixture_is_the_standard_normal():
 
 def test_the_fitted_density_is_the_mixture_torch_distributions_computes():
     prior = GaussianMixturePrior(3, components=2)
-    prior.fit(_two_blobs())
+    prior.refit(_two_blobs())
     ref = MixtureSameFamily(Categorical(logits=prior.log_weights),
                             MultivariateNormal(prior.means, scale_tril=prior.scale_tril))
     z = torch.randn(200, 3) * 2
@@ -45,7 +45,7 @@ def test_the_fitted_density_is_the_mixture_torch_distributions_computes():
 def test_samples_follow_the_fitted_mixture_and_are_reproducible():
     data = _two_blobs(8000)
     prior = GaussianMixturePrior(3, components=2)
-    prior.fit(data)
+    prior.refit(data)
     s = prior.sample(8000, torch.Generator().manual_seed(0))
     assert torch.allclose(s.mean(0), data.mean(0), atol=0.08)
     assert torch.allclose(torch.cov(s.T), torch.cov(data.T), atol=0.1)
