@@ -1,4 +1,5 @@
-"""The Gaussian-mixture prior fitted to the aggregate posterior (prior="gmm")."""
+"""The latent priors (priors.py): their common interface, the Gaussian mixture fitted to the aggregate posterior
+(prior="gmm") and the mixture trained with the model (prior="mog")."""
 import json
 import math
 
@@ -9,7 +10,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 from genlab.errors import GenlabError
 from genlab.models import Batch, build_model
 from genlab.models import losses
-from genlab.models.priors import GaussianMixturePrior, LearnedMixturePrior
+from genlab.models.priors import GaussianMixturePrior, LearnedMixturePrior, Prior, StandardNormalPrior
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -32,7 +33,7 @@ def test_an_unfitted_mixture_is_the_standard_normal():
 
 def test_the_fitted_density_is_the_mixture_torch_distributions_computes():
     prior = GaussianMixturePrior(3, components=2)
-    prior.fit(_two_blobs())
+    prior.refit(_two_blobs())
     ref = MixtureSameFamily(Categorical(logits=prior.log_weights),
                             MultivariateNormal(prior.means, scale_tril=prior.scale_tril))
     z = torch.randn(200, 3) * 2
@@ -45,7 +46,7 @@ def test_the_fitted_density_is_the_mixture_torch_distributions_computes():
 def test_samples_follow_the_fitted_mixture_and_are_reproducible():
     data = _two_blobs(8000)
     prior = GaussianMixturePrior(3, components=2)
-    prior.fit(data)
+    prior.refit(data)
     s = prior.sample(8000, torch.Generator().manual_seed(0))
     assert torch.allclose(s.mean(0), data.mean(0), atol=0.08)
     assert torch.allclose(torch.cov(s.T), torch.cov(data.T), atol=0.1)
@@ -60,6 +61,75 @@ def _set_learned_mixture(prior: LearnedMixturePrior, seed: int = 0) -> None:
         prior.means.copy_(torch.randn(prior.means.shape, generator=g) * 2)
         prior.logvars.copy_(torch.randn(prior.logvars.shape, generator=g) * 0.5)
         prior.logits.copy_(torch.randn(prior.logits.shape, generator=g))
+
+
+def _each_prior(dim: int) -> dict[str, Prior]:
+    """One prior of each kind over ``dim`` dimensions, the mixtures away from N(0, I): the fitted mixture fitted
+    to two blobs of codes, the learned one with spread means, variances and weights."""
+    g = torch.Generator().manual_seed(0)
+    gmm = GaussianMixturePrior(dim, components=2)
+    gmm.refit(torch.cat([torch.randn(300, dim, generator=g) * 0.5 - 2.0, torch.randn(700, dim, generator=g) + 1.5]))
+    mog = LearnedMixturePrior(dim, components=3)
+    _set_learned_mixture(mog)
+    return {"normal": StandardNormalPrior(dim), "gmm": gmm, "mog": mog}
+
+
+@pytest.mark.parametrize("kind", ["normal", "gmm", "mog"])
+def test_every_prior_is_a_normalised_density_that_samples_codes_of_its_size(kind):
+    prior = _each_prior(1)[kind]
+    grid = torch.linspace(-20.0, 20.0, 8001)
+    density = prior.log_prob(grid[:, None]).detach().exp()
+    assert density.shape == (8001,)
+    assert torch.trapezoid(density, grid).item() == pytest.approx(1.0, abs=1e-3)
+    assert prior.sample(5, torch.Generator().manual_seed(0)).shape == (5, 1)
+    wide = _each_prior(3)[kind]
+    s = wide.sample(7, torch.Generator().manual_seed(0))
+    assert s.shape == (7, 3) and torch.equal(s, wide.sample(7, torch.Generator().manual_seed(0)))
+    assert wide.log_prob(s.view(7, 1, 3)).shape == (7, 1)
+
+
+@pytest.mark.parametrize("kind", ["normal", "gmm", "mog"])
+def test_every_priors_training_kl_and_refit(kind):
+    """The training KL: closed-form KL(q || N(0, I)) for the standard normal and the fitted mixture (which
+    regularises towards N(0, I) while training), log q(z|x) - log p(z) for the learned mixture; refit
+    returns a dict of figures, empty where there is nothing to fit, and only the fitted mixture is due one."""
+    prior = _each_prior(3)[kind]
+    g = torch.Generator().manual_seed(2)
+    mu, logvar, eps = (torch.randn(6, 3, generator=g) for _ in range(3))
+    z = mu + (0.5 * logvar).exp() * eps
+    closed_form = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+    kl = prior.kl(z, mu, logvar)
+    if kind == "mog":
+        assert torch.allclose(kl, losses.log_normal(z, mu, logvar) - prior.log_prob(z), atol=1e-6)
+        assert not torch.allclose(kl, closed_form, atol=1e-2)
+    else:
+        assert torch.allclose(kl, closed_form, atol=1e-5)
+    figures = prior.refit(torch.randn(200, 3, generator=g), seed=0)
+    assert isinstance(figures, dict)
+    assert (set(figures) == {"prior_log_density", "prior_converged"}) == (kind == "gmm") == prior.fitted_to_codes
+    assert prior.refit_due(1, last=True) == (kind == "gmm")
+    assert prior.is_standard_normal == (kind == "normal")
+
+
+def test_the_standard_normal_prior_has_no_state_and_samples_as_every_genlab_sampler():
+    prior = StandardNormalPrior(4)
+    assert prior.state_dict() == {} and list(prior.parameters()) == []
+    assert torch.equal(prior.sample(3, torch.Generator().manual_seed(5)),
+                       torch.randn(3, 4, generator=torch.Generator().manual_seed(5)))
+    z = torch.randn(10, 4)
+    assert torch.allclose(prior.log_prob(z), -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1))
+    model = build_model("mlp-vae", {"hidden": [16], "z_dim": 4}, (1, 8, 8))
+    assert isinstance(model.prior, StandardNormalPrior)
+    assert not any(k.startswith("prior") for k in model.state_dict())  # old checkpoints' keys, one for one
+
+
+def test_an_unfitted_mixture_becomes_a_prior_of_its_own_after_the_first_refit_and_is_due_every_nth_epoch():
+    prior = GaussianMixturePrior(2, components=2, fit_every=3)
+    assert prior.is_standard_normal and not prior.is_fitted
+    assert [prior.refit_due(e, last=False) for e in (1, 2, 3, 6)] == [False, False, True, True]
+    assert prior.refit_due(4, last=True)
+    prior.refit(torch.randn(100, 2) + 3.0)
+    assert not prior.is_standard_normal and prior.is_fitted
 
 
 def test_the_learned_mixture_is_the_density_torch_distributions_computes_and_samples_from_it():

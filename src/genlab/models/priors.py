@@ -1,4 +1,6 @@
-"""Latent priors beyond N(0, I): a Gaussian mixture fitted to the aggregate posterior.
+"""A VAE's latent prior as one object (``Prior``): N(0, I) (``StandardNormalPrior``), a Gaussian mixture
+fitted to the aggregate posterior (``GaussianMixturePrior``) or one trained with the model
+(``LearnedMixturePrior``); ``LatentPriorMixin`` is the VAE's side (its prior interface, the refit hooks).
 
 A VAE trained with the standard-normal prior leaves "holes": regions where p(z) is high but
 no training image's posterior q(z|x) puts mass, which decode to implausible images. Fitting a
@@ -17,6 +19,7 @@ scikit-learn's).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -101,13 +104,79 @@ def fit_gaussian_mixture(z: Tensor, components: int, reg_covar: float = 1e-4, se
     return weights, means, covs, float(log_norm.mean()), converged
 
 
-class GaussianMixturePrior(nn.Module):
-    """p(z) = sum_k pi_k N(z; mean_k, L_k L_k^T), full covariances, stored as buffers (so the fit is
-    saved in checkpoints). Until ``fit`` is called it is the standard normal N(0, I)."""
+class Prior(nn.Module):
+    """A VAE's latent prior p(z), one object whatever the kind, so that the VAE never branches on it.
 
-    def __init__(self, dim: int, components: int = 10, reg_covar: float = 1e-4):
+    ``log_prob(z)``: log p(z) over the last dimension (importance-weighted likelihoods, the one-sample
+    ELBO); ``sample(n, generator)``: n codes; ``kl(z, mu, logvar)``: the per-image KL term the training
+    objective uses for q(z|x) = N(mu, diag(exp(logvar))) and its sample z; ``is_standard_normal``:
+    whether p(z) is N(0, I) now (the closed-form KL of the evaluation, the truncation trick: the one
+    place that question is answered); ``refit(z, seed)``: fit the prior to encoded codes z, returning
+    figures for the log, and ``refit_due(epoch, last)``: whether the Trainer's epoch end should. The
+    base class's refit is never due and does nothing; ``fitted_to_codes`` says whether a subclass's is
+    (so that the VAE encodes the training set only for a prior that uses it)."""
+
+    fitted_to_codes: ClassVar[bool] = False
+
+    @property
+    def is_standard_normal(self) -> bool:
+        raise NotImplementedError
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def kl(self, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """KL(q(z|x) || N(0, I)) in closed form (Kingma & Welling 2014, appendix B): the training term of
+        every prior that is N(0, I) while the model trains."""
+        return losses.gaussian_kl(mu, logvar)
+
+    def refit(self, z: Tensor, seed: int = 0) -> dict[str, float]:
+        """Fit the prior to latent codes z (N, dim); figures for the epoch's log line ({} for none)."""
+        return {}
+
+    def refit_due(self, epoch: int, last: bool) -> bool:
+        """Whether the Trainer's hook after epoch ``epoch`` (``last``: no epoch follows) should refit."""
+        return False
+
+
+class StandardNormalPrior(Prior):
+    """p(z) = N(0, I) (prior="normal"). No parameters and no state-dict entries: a model with it saves
+    exactly the tensors of its networks. A zero-size buffer kept out of the state dict follows the
+    model's device, so that ``sample`` draws where the model lives."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
+    @property
+    def is_standard_normal(self) -> bool:
+        return True
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return -0.5 * (z.pow(2) + math.log(2.0 * math.pi)).sum(-1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws; from ``generator`` (on its own device) when given, as every genlab sampler."""
+        return randn((n, self.dim), generator, self._device_anchor.device)
+
+
+class GaussianMixturePrior(Prior):
+    """p(z) = sum_k pi_k N(z; mean_k, L_k L_k^T), full covariances, stored as buffers (so the fit is
+    saved in checkpoints), fitted to the encoded training set (prior="gmm"). Until ``refit`` is called
+    it is the standard normal N(0, I). Training always regularises q(z|x) towards N(0, I) (``kl``, the
+    base class's); the mixture replaces it for sampling and likelihoods, so how often it is refitted
+    (``fit_every`` epochs) changes no weight: only what the epochs between fits sample from."""
+
+    fitted_to_codes = True
+
+    def __init__(self, dim: int, components: int = 10, reg_covar: float = 1e-4, fit_every: int = 1):
         super().__init__()
         self.dim, self.components, self.reg_covar = int(dim), int(components), float(reg_covar)
+        self.fit_every = int(fit_every)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self._fitted = False
         self.register_buffer("log_weights", torch.full((components,), -math.log(components)))
@@ -116,9 +185,13 @@ class GaussianMixturePrior(nn.Module):
 
     @property
     def is_fitted(self) -> bool:
-        """Read from a Python mirror of the ``fitted`` buffer (set by ``fit`` and by loading a
+        """Read from a Python mirror of the ``fitted`` buffer (set by ``refit`` and by loading a
         state dict), so that log_prob and sample never read a GPU tensor back on the hot path."""
         return self._fitted
+
+    @property
+    def is_standard_normal(self) -> bool:
+        return not self._fitted
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -126,8 +199,12 @@ class GaussianMixturePrior(nn.Module):
         if key in state_dict:
             self._fitted = bool(state_dict[key])
 
+    def refit_due(self, epoch: int, last: bool) -> bool:
+        """After every ``fit_every``-th epoch and after the last."""
+        return last or epoch % self.fit_every == 0
+
     @torch.no_grad()
-    def fit(self, z: Tensor, seed: int = 0) -> dict[str, float]:
+    def refit(self, z: Tensor, seed: int = 0) -> dict[str, float]:
         """Fit the mixture to latent codes z (N, dim) by EM (``fit_gaussian_mixture``); returns the mean
         log-density of z under the fit and whether EM converged."""
         weights, means, covs, score, converged = fit_gaussian_mixture(
@@ -159,15 +236,14 @@ class GaussianMixturePrior(nn.Module):
         return self.means[k] + (self.scale_tril[k] @ eps.unsqueeze(-1)).squeeze(-1)
 
 
-class LearnedMixturePrior(nn.Module):
+class LearnedMixturePrior(Prior):
     """p(z) = sum_k pi_k N(z; mean_k, diag(exp(logvar_k))), trained with the VAE: the mixture-of-Gaussians
     prior of Tomczak & Welling 2018 ("VAE with a VampPrior", section 3). The KL term is then estimated
     with the posterior's sample, log q(z|x) - log p(z), and the encoder is no longer pulled towards
     N(0, I) but towards a density that can follow the aggregate posterior, so that a code carries
     more information for the same KL cost. Means start spread as N(0, I) draws, variances at 1,
-    weights equal; all three are parameters."""
-
-    is_fitted = True  # a prior in use from the first step (FittedPriorMixin reads this)
+    weights equal; all three are parameters. It is a prior in use from the first step, never N(0, I),
+    and there is nothing to fit ex post (``refit`` does nothing)."""
 
     def __init__(self, dim: int, components: int):
         super().__init__()
@@ -175,6 +251,14 @@ class LearnedMixturePrior(nn.Module):
         self.means = nn.Parameter(torch.randn(components, dim))
         self.logvars = nn.Parameter(torch.zeros(components, dim))
         self.logits = nn.Parameter(torch.zeros(components))
+
+    @property
+    def is_standard_normal(self) -> bool:
+        return False
+
+    def kl(self, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """No closed form under a mixture: the one-sample estimate log q(z|x) - log p(z) at the posterior's own z."""
+        return losses.log_normal(z, mu, logvar) - self.log_prob(z)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z) for z of shape (..., dim), in float32. The Mahalanobis terms of all N x K pairs come
@@ -190,6 +274,7 @@ class LearnedMixturePrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws; from ``generator`` (on its own device) when given, as every genlab sampler."""
         dev = self.means.device
         gdev = generator.device if generator is not None else dev
         eps = torch.randn((n, self.dim), generator=generator, device=gdev).to(dev)
@@ -222,60 +307,52 @@ def check_prior(prior: str, components: int, fit_images: int, conditional: bool 
                           f"got {components} and {fit_images}.")
 
 
-class FittedPriorMixin:
-    """The prior of a VAE whose config has ``prior`` ("normal" or "gmm"), ``prior_components``,
-    ``prior_fit_images`` and ``prior_fit_every``: N(0, I), or a ``GaussianMixturePrior`` (``self.prior``) that the Trainer
-    refits to the encoded training set (``fit_prior``) through the model's lifecycle hooks: after every
-    ``prior_fit_every``-th epoch, after the last (``on_epoch_end``) and at every stop (``on_stop``). Training always regularises q(z|x) towards N(0, I); the mixture
-    replaces it for sampling and likelihoods, so how often it is refitted changes no weight: only
-    what the epochs between fits sample from (the last fit) and the training time the fits take.
-    The class using it sets ``self.prior`` (None for the standard normal) and has ``encode``."""
 
-    prior: GaussianMixturePrior | LearnedMixturePrior | None
 
-    @property
-    def prior_fit_every(self) -> int:
-        """Epochs between the Trainer's refits of the mixture (the config's ``prior_fit_every``)."""
-        return int(self.config.prior_fit_every)
+def make_prior(name: str, dim: int, components: int, fit_every: int = 1) -> Prior:
+    """The prior named by a VAE config's ``prior`` ("normal", "gmm", "mog"; ``check_prior`` has vetted it)."""
+    if name == "mog":
+        return LearnedMixturePrior(dim, components)
+    if name == "gmm":
+        return GaussianMixturePrior(dim, components, fit_every=fit_every)
+    return StandardNormalPrior(dim)
 
-    def make_prior(self, z_dim: int) -> GaussianMixturePrior | LearnedMixturePrior | None:
+
+class LatentPriorMixin:
+    """The VAE's side of its prior (``self.prior``, a ``Prior``; its config has ``prior``, ``prior_components``,
+    ``prior_fit_images`` and ``prior_fit_every``): the model's prior interface delegates to it, and the
+    Trainer's lifecycle hooks refit it to the encoded training set where it is fitted to codes: after every
+    ``prior_fit_every``-th epoch, after the last (``on_epoch_end``) and at every stop (``on_stop``).
+    The class using it sets ``self.prior`` (``make_prior``) and has ``encode``."""
+
+    prior: Prior
+
+    def make_prior(self, z_dim: int) -> Prior:
         c = self.config
-        if c.prior == "mog":
-            return LearnedMixturePrior(z_dim, c.prior_components)
-        return GaussianMixturePrior(z_dim, c.prior_components) if c.prior == "gmm" else None
-
-    @property
-    def has_learned_prior(self) -> bool:
-        """prior="mog": a mixture trained with the model (its KL term is a one-sample estimate)."""
-        return isinstance(self.prior, LearnedMixturePrior)
+        return make_prior(c.prior, z_dim, c.prior_components, c.prior_fit_every)
 
     def kl_to_prior(self, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-        """The training KL term per image: KL(q(z|x) || N(0, I)) in closed form, or under a trained mixture
-        (prior="mog", no closed form) the one-sample estimate log q(z|x) - log p(z) at the posterior's own z."""
-        if self.has_learned_prior:
-            return losses.log_normal(z, mu, logvar) - self.prior.log_prob(z)
-        return losses.gaussian_kl(mu, logvar)
+        """The training KL term per image (``Prior.kl``)."""
+        return self.prior.kl(z, mu, logvar)
 
     @property
     def has_standard_normal_prior(self) -> bool:
-        return self.prior is None or not self.prior.is_fitted
+        return self.prior.is_standard_normal
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        if self.prior is None:
-            return super().prior_sample(n, generator)
         return self.prior.sample(n, generator)
 
     def log_prior(self, z: Tensor) -> Tensor:
-        return super().log_prior(z) if self.prior is None else self.prior.log_prob(z)
+        return self.prior.log_prob(z)
 
     @torch.no_grad()
     def fit_prior(self, images: Tensor, labels: Tensor | None = None, seed: int = 0,
                   batch_size: int = 1000) -> dict[str, float]:
-        """prior="gmm": fit the mixture to one draw z ~ q(z|x) for each of ``prior_fit_images``
+        """Refit a prior fitted to codes (prior="gmm") to one draw z ~ q(z|x) for each of ``prior_fit_images``
         training images (a subset drawn with ``seed``): a density estimate of the aggregate
         posterior, the prior that maximises the ELBO for the given encoder (Hoffman & Johnson
-        2016). The Trainer's hooks (``on_epoch_end``, ``on_stop``) call it. No-op for the standard normal."""
-        if self.prior is None or self.has_learned_prior:
+        2016). The Trainer's hooks (``on_epoch_end``, ``on_stop``) call it. No-op for other priors."""
+        if not self.prior.fitted_to_codes:
             return {}
         was_training = self.training
         self.eval()
@@ -288,13 +365,13 @@ class FittedPriorMixin:
             mu, logvar = self.encode(as_float_images(images[idx[i:i + batch_size]]).to(self.device))
             codes.append(losses.reparameterize(mu, logvar, randn(tuple(mu.shape), gen, mu.device)))
         self.train(was_training)
-        return self.prior.fit(torch.cat(codes), seed=seed)
+        return self.prior.refit(torch.cat(codes), seed=seed)
 
     def on_epoch_end(self, train_images: Tensor, train_labels: Tensor | None, *, epoch: int, last: bool,
                      seed: int) -> dict[str, float]:
-        """The Trainer's epoch-end hook: refit the mixture after every ``prior_fit_every``-th epoch and
-        after the last; returns the fit's figures for the epoch's log line."""
-        if not (last or epoch % self.prior_fit_every == 0):
+        """The Trainer's epoch-end hook: refit the prior when it says a refit is due (``Prior.refit_due``);
+        returns the fit's figures for the epoch's log line."""
+        if not self.prior.refit_due(epoch, last):
             return {}
         return self.fit_prior(train_images, train_labels, seed=seed)
 
@@ -303,6 +380,6 @@ class FittedPriorMixin:
         self.fit_prior(train_images, train_labels, seed=seed)
 
     def elbo_with_prior(self, x: Tensor, mu: Tensor, logvar: Tensor, noise: Tensor, log_px_given_z) -> Tensor:
-        """One-sample ELBO under a learned prior (no closed-form KL): log p(x|z) + log p(z) - log q(z|x)."""
+        """One-sample ELBO under a prior other than N(0, I) (no closed-form KL): log p(x|z) + log p(z) - log q(z|x)."""
         z = losses.reparameterize(mu, logvar, noise)
         return log_px_given_z(x, z) + self.log_prior(z) - losses.log_normal(z, mu, logvar)

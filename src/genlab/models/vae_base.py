@@ -40,7 +40,7 @@ from ..errors import GenlabError
 from ..nets import ema_update, has_batchnorm, one_hot, require_labels, warmed_up_ema_decay
 from . import losses
 from .base import Batch, GenerativeModel, adam, as_float_images, randn
-from .priors import FittedPriorMixin, check_prior
+from .priors import LatentPriorMixin, check_prior
 
 LOGVAR_MIN = -9.0  # a learned Gaussian variance below (1/90)^2 would let the density grow without bound
 LOG_SCALE_MIN = -7.0  # the logistic's scale floor (well below one pixel bin, 1/255)
@@ -72,7 +72,7 @@ class VAEConfig:
     lr: float = 1e-3
 
 
-class VAE(FittedPriorMixin, GenerativeModel):
+class VAE(LatentPriorMixin, GenerativeModel):
     """A VAE with the networks its subclass builds (``build_encoder``, ``build_decoder``)."""
 
     family = "vae"
@@ -309,7 +309,7 @@ class VAE(FittedPriorMixin, GenerativeModel):
             # the refit (Cremer et al. 2018, the amortisation gap): p(z) and p(x|z) - the model that is sampled
             # and whose likelihood is reported - stay as they are; Adam skips a parameter without a gradient
             for module in (self.decoder, self.prior):
-                for p in (module.parameters() if module is not None else ()):
+                for p in module.parameters():
                     p.grad = None
         ctx.step(opt, "vae")
         if self.averaged is not None:
