@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .configcheck import build_dataclass
 from .data import load_dataset
 from .errors import GenlabError, RunError
-from .fileio import remove_orphan_tmp
-from .configcheck import build_dataclass
+from .fileio import remove_orphan_tmp, write_error_cause
 from .models.base import GenerativeModel
 from .models.registry import MODELS, build_model, make_config, resolve
 from .training import distributed
@@ -237,9 +236,8 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
                              parameters=net.parameter_count())
         except OSError as e:
             held.release()
-            cause = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-            raise RunError(f"{cause} writing {Run(held.folder).config_path}: the run could not start. Free space "
-                           f"(or fix that) and run the command again.") from None
+            raise RunError(f"{write_error_cause(e)} writing {Run(held.folder).config_path}: the run could not "
+                           "start. Free space (or fix that) and run the command again.") from None
         except BaseException:
             held.release()
             raise

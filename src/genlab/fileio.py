@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -40,6 +41,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def disk_full(e: OSError) -> bool:
+    """Whether a failed write ran out of space (ENOSPC) or quota (EDQUOT)."""
+    return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def write_error_cause(e: OSError) -> str:
+    """A failed write's cause in a few words, for messages: "disk full", else the system's words."""
+    return "disk full" if disk_full(e) else f"error {e.strerror or e}"
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -16,7 +16,6 @@ processes together every ``log_every`` steps, so every collective is reached by 
 """
 from __future__ import annotations
 
-import errno
 import json
 import math
 import signal
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data.batches import BatchIterator
 from ..errors import GenlabError, RunError
-from ..fileio import append_line, atomic_write_bytes, read_jsonl
+from ..fileio import append_line, atomic_write_bytes, disk_full, read_jsonl, write_error_cause
 from ..models.base import GenerativeModel
 from ..viz.grid import save_grid
 from . import checkpoint as ckpt
@@ -276,9 +275,9 @@ class Trainer:
     def write_failed(self, e: OSError, what: str | Path) -> RunError:
         """The error for a failed write (a full disk, mostly): what failed, that the last checkpoint
         (whatever is on disk now) is intact, and how to go on."""
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-        cause = "disk full" if full else f"error {e.strerror or e}"
-        return RunError(f"{cause} writing {what}; {self._last_good()} {'Free space' if full else 'Fix that'} and "
+        full = disk_full(e)
+        return RunError(f"{write_error_cause(e)} writing {what}; {self._last_good()} "
+                        f"{'Free space' if full else 'Fix that'} and "
                         f"resume with `genlab train --resume {self.run_dir}`.")
 
     def _last_good(self) -> str:
