@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import Batch  # re-exported: models import it from here
+from .phases import Phase, active_phase
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -53,7 +54,8 @@ class StepContext:
     precision: str = "fp32"
     # how far through its budget the run is at this step, in [0, 1]: the larger of the fraction of its steps
     # taken and, under a time limit, of its time used (the Trainer's budget_progress, which also drives the
-    # learning-rate schedule); 0 outside the Trainer
+    # learning-rate schedule and the start of a phase the model declares, GenerativeModel.phase_at); 0 outside
+    # the Trainer
     budget_progress: float = 0.0
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -137,6 +139,17 @@ class GenerativeModel(nn.Module):
         detached scalar tensors: no ``.item()`` or branching on tensor values (the host would wait
         for the device); the Trainer reads them back only when it logs."""
         raise NotImplementedError
+
+    # -- phases: parts of training with their own settings, declared as data (``phases.py``) ----------
+    def phases(self) -> tuple[Phase, ...]:
+        """The phases of this model's training, in order (a VAE's encoder refit); none by default.
+        ``train_step`` reads the one in force with ``phase_at``."""
+        return ()
+
+    def phase_at(self, step: int) -> Phase | None:
+        """The declared phase in force at training step ``step`` (``phases.active_phase``), placed by the
+        step and the step context's budget progress; None outside every phase."""
+        return active_phase(self.phases(), step, self.step_context.budget_progress)
 
     # -- lifecycle hooks: the Trainer calls them on every model; these defaults do nothing ----------
     def on_epoch_end(self, train_images: Tensor, train_labels: Tensor | None, *, epoch: int, last: bool,

@@ -16,7 +16,8 @@ options    ``binarize``: dynamic binarization, a fresh x ~ Bernoulli(pixel) ever
            likelihoods, the prior's fit); ``encoder_refit_from_step`` / ``encoder_refit_fraction``:
            a last phase that trains only the encoder, on the true ELBO, so that a model trained with
            a KL weight below 1 gets a proposal fit for its likelihood estimate (the amortisation gap,
-           Cremer et al. 2018) while its samples stay exactly as they were.
+           Cremer et al. 2018) while its samples stay exactly as they were; declared as data
+           (``phases()``, ``models/phases.py``), which ``train_step`` reads.
 
 ``VAE`` owns everything defined through ``encode`` and ``log_px_given_z``: the loss terms, the
 ELBO, the IWAE bound, reconstruction, evaluation, the training step and sampling. An architecture
@@ -40,6 +41,7 @@ from ..errors import GenlabError
 from ..nets import ema_update, has_batchnorm, one_hot, require_labels, warmed_up_ema_decay
 from . import losses
 from .base import Batch, GenerativeModel, adam, as_float_images, randn
+from .phases import Phase, drop_frozen_grads
 from .priors import LatentPriorMixin, check_prior
 
 LOGVAR_MIN = -9.0  # a learned Gaussian variance below (1/90)^2 would let the density grow without bound
@@ -206,19 +208,28 @@ class VAE(LatentPriorMixin, GenerativeModel):
         """Whether training ends with the encoder refit (``encoder_refit_from_step`` or ``encoder_refit_fraction``)."""
         return self.config.encoder_refit_from_step > 0 or self.config.encoder_refit_fraction > 0
 
-    def refits_encoder_at(self, step: int) -> bool:
-        """Whether training step ``step`` is one of the encoder refit's: from ``encoder_refit_from_step`` on, or
-        once the step context's budget progress has reached 1 - ``encoder_refit_fraction``."""
+    def phases(self) -> tuple[Phase, ...]:
+        """The encoder refit, where the config asks for it: from ``encoder_refit_from_step`` or the last
+        ``encoder_refit_fraction`` of the budget, whichever comes first, decoder and prior frozen and the KL
+        weight 1 (Cremer et al. 2018, the amortisation gap: p(z) and p(x|z), the model that is sampled and
+        whose likelihood is reported, stay as they are while q(z|x) fits the true ELBO)."""
+        if not self.refits_encoder:
+            return ()
         cfg = self.config
-        if 0 < cfg.encoder_refit_from_step <= step:
-            return True
-        return cfg.encoder_refit_fraction > 0 and self.step_context.budget_progress >= 1.0 - cfg.encoder_refit_fraction
+        return (Phase("encoder-refit",
+                      from_step=cfg.encoder_refit_from_step if cfg.encoder_refit_from_step > 0 else None,
+                      from_progress=1.0 - cfg.encoder_refit_fraction if cfg.encoder_refit_fraction > 0 else None,
+                      frozen=("decoder", "prior"), beta=1.0),)
 
     def beta_at(self, step: int) -> float:
-        """The KL weight of training step ``step``: ``beta`` warmed up over ``kl_warmup_steps`` (losses.warmed_up_beta);
-        1 in the encoder refit's steps, whose objective is the true ELBO."""
-        if self.refits_encoder_at(step):
-            return 1.0
+        """The KL weight of training step ``step``: the phase's in a phase that sets one (the encoder refit:
+        1, the true ELBO), else ``beta`` warmed up over ``kl_warmup_steps`` (losses.warmed_up_beta)."""
+        return self._beta_in(self.phase_at(step), step)
+
+    def _beta_in(self, phase: Phase | None, step: int) -> float:
+        """``beta_at`` for a step whose phase (or None) is already known."""
+        if phase is not None and phase.beta is not None:
+            return phase.beta
         return losses.warmed_up_beta(self.config.beta, self.config.kl_warmup_steps, step)
 
     def loss_terms(self, x: Tensor, labels: Tensor | None = None, noise: Tensor | None = None,
@@ -288,7 +299,8 @@ class VAE(LatentPriorMixin, GenerativeModel):
         n = x.shape[0]
         if c.binarize:  # the binarized-MNIST protocol of the IWAE literature
             x = ctx.bernoulli(x)
-        beta = self.beta_at(step)
+        phase = self.phase_at(step)
+        beta = self._beta_in(phase, step)
         parts: dict[str, Tensor] = {}  # the objective's parts, logged after the loss
         if c.iwae_k > 1:  # maximise L_k (Burda et al. 2015, eq. 8)
             noise = ctx.randn(c.iwae_k, n, c.z_dim, device=x.device, batch_dim=1)
@@ -305,12 +317,7 @@ class VAE(LatentPriorMixin, GenerativeModel):
         opt = optimizers["vae"]
         opt.zero_grad(set_to_none=True)
         ctx.backward(loss, "vae", reduction=self.batch_reduction)
-        if self.refits_encoder_at(step):
-            # the refit (Cremer et al. 2018, the amortisation gap): p(z) and p(x|z) - the model that is sampled
-            # and whose likelihood is reported - stay as they are; Adam skips a parameter without a gradient
-            for module in (self.decoder, self.prior):
-                for p in module.parameters():
-                    p.grad = None
+        drop_frozen_grads(self, phase)  # the encoder refit's decoder and prior
         ctx.step(opt, "vae")
         if self.averaged is not None:
             decay = self.ema_decay_at(step)
