@@ -294,3 +294,19 @@ def test_a_write_cut_short_by_the_file_size_limit_is_one_line(vae_run, tmp_path)
     assert_clear_error(r.returncode, r.stderr, "sample", "")
     assert str(out_file) in r.stderr and "ulimit -f" in r.stderr
     assert list(tmp_path.iterdir()) == []  # no torn .npz, no temporary file
+
+
+def test_every_declared_command_has_a_handler_and_shares_the_data_options():
+    """build_parser declares each command in its own function: none may be declared without a handler
+    (or the reverse), and the commands that load a dataset take the same four options."""
+    import argparse
+
+    from genlab.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS)
+    for command in ("train", "eval", "evaluator", "compare"):
+        options = {o for a in sub.choices[command]._actions for o in a.option_strings}
+        assert {"--data", "--data-dir", "--image-size", "--channels"} <= options, command
+    assert sub.choices["train"].get_default("data") == "digits"
+    assert sub.choices["compare"].get_default("data") is None  # compare takes the reused runs' data

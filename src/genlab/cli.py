@@ -34,27 +34,53 @@ def _setting(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", metavar="SOURCE",
-                   help="digits (default, bundled), mnist, fashion-mnist, cifar10, folder:PATH or npz:PATH "
-                        "(see `genlab datasets`)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="folder holding the dataset files (IDX for mnist/fashion-mnist; "
-                        "cifar-10-binary.tar.gz or its .bin files for cifar10)")
-    p.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 (grey) or 3 (RGB) channels")
-
-
+# -- the parser: one function per command, in the order `genlab --help` lists them ----------------
 def build_parser() -> argparse.ArgumentParser:
-    from .models.losses import GAN_LOSSES
-    from .training.context import AUTO, PRECISIONS
-    from .training.trainer import LR_SCHEDULES
+    """The ``genlab`` parser; each command's options are declared by its own ``_add_*`` function."""
+    from . import __version__
 
     parser = argparse.ArgumentParser(prog="genlab", description="Train, sample and compare VAEs and GANs on images.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
     parser.add_argument("--version", action="version", version=f"genlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_sample(sub)
+    _add_reconstruct(sub)
+    _add_eval(sub)
+    _add_evaluator(sub)
+    _add_compare(sub)
+    _add_interpolate(sub)
+    _add_traverse(sub)
+    _add_listings(sub)
+    _add_demo(sub)
+    return parser
+
+
+_DATA_HELP = ("digits (default, bundled), mnist, fashion-mnist, cifar10, folder:PATH or npz:PATH "
+              "(see `genlab datasets`)")
+_DATA_DIR_HELP = ("folder holding the dataset files (IDX for mnist/fashion-mnist; "
+                  "cifar-10-binary.tar.gz or its .bin files for cifar10)")
+_CHANNELS_HELP = "convert images to 1 (grey) or 3 (RGB) channels"
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, default: str | None = "digits", data_help: str = _DATA_HELP,
+                   dir_help: str = _DATA_DIR_HELP, channels_help: str = _CHANNELS_HELP) -> None:
+    """--data, --data-dir, --image-size, --channels: the arguments of ``genlab.data.load_dataset``. The
+    keywords let a command word them for its own default (compare takes the reused runs' data)."""
+    p.add_argument("--data", default=default, metavar="SOURCE", help=data_help)
+    p.add_argument("--data-dir", metavar="DIR", help=dir_help)
+    p.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
+    p.add_argument("--channels", type=int, choices=(1, 3), help=channels_help)
+
+
+def _add_run_device(p: argparse.ArgumentParser) -> None:
+    """--device of the commands that load a trained run: they work on the CPU unless told otherwise."""
+    p.add_argument("--device", default="cpu")
+
+
+def _add_train(sub) -> None:
+    from .models.losses import GAN_LOSSES
+    from .training.trainer import LR_SCHEDULES
 
     p = sub.add_parser("train", help="train a model or preset", description=(
         "Train a model or preset on a data source. Writes config.json, metrics.jsonl, a sample grid per "
@@ -83,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the genlab run in --out (kept aside as .NAME.replaced until the new run's first "
                         "checkpoint; a folder that is not a genlab run is never replaced)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    _add_train_speed_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_train_speed_args(p: argparse.ArgumentParser) -> None:
+    """Where and how fast a run trains; none of them is part of the run's settings, so --resume may change them."""
+    from .training.context import AUTO, PRECISIONS
+
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 …")
     p.add_argument("--precision", choices=(AUTO, *PRECISIONS), default=None,
                    help="fp32, bf16 (autocast; CPU or GPU), fp16 (autocast + loss scaling; CUDA GPUs) or auto (bf16 "
@@ -92,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the model's networks (its warm-up is logged apart, not in img/s)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout for convolutional models (may help on GPUs; measure on CPUs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run", description=(
         "Draw samples from a run's last checkpoint: a PNG grid, or an .npz holding 'images' "
         "(float32 in [0, 1], shape (N, C, H, W)) usable as npz:PATH data."))
@@ -107,16 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation", type=float, metavar="T",
                    help="the truncation trick (Brock et al. 2019): latent components with |z| > T are resampled; "
                         "samples nearer the prior's centre, less varied. Models with an N(0, I) prior only")
-    p.add_argument("--device", default="cpu")
+    _add_run_device(p)
 
+
+def _add_reconstruct(sub) -> None:
     p = sub.add_parser("reconstruct", help="VAEs: test images beside their reconstructions", description=(
         "Encode test images and decode the posterior mean; writes rows of originals, each followed by "
         "a row of their reconstructions."))
     p.add_argument("run", help="run folder of a VAE")
     p.add_argument("-n", "--num", type=int, default=32, help="number of images (default 32)")
     p.add_argument("-o", "--output", help="output PNG (default RUN/reconstructions.png)")
-    p.add_argument("--device", default="cpu")
+    _add_run_device(p)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="score a run (or an .npz of samples) offline: FID, KID, IS, PRDC, NLL", description=(
         "Score samples in the feature space of a small CNN classifier trained on the dataset\n"
         "itself (the evaluator; trained and cached on first use), not Inception: numbers compare\n"
@@ -146,12 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.add_argument("--no-progress", action="store_true")
 
+
+def _add_evaluator(sub) -> None:
     p = sub.add_parser("evaluator", help="train or inspect the evaluator network of a dataset")
     p.add_argument("action", choices=("train", "info"), help="train: train (or retrain) and cache; info: show the cached one")
     _add_data_args(p)
     p.add_argument("--epochs", type=int, help="training epochs (default: sized to the dataset)")
     p.add_argument("--no-progress", action="store_true")
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="train several models under one budget, evaluate them alike, write an HTML report",
                        description=(
         "Train each model (or reuse run folders) on the same data under the same budget and seed, evaluate\n"
@@ -168,11 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", metavar="B",
                    help="training per model: time (90s, 10m, 1h), epochs (5ep) or images seen (300kimg, 300000img); "
                         "default 5m of training time per model")
-    p.add_argument("--data", metavar="SOURCE",
-                   help="data source (default: the reused runs' data, else digits; see `genlab datasets`)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
-    p.add_argument("--image-size", type=int, metavar="PX", help="resize images to PX x PX")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
+    _add_data_args(p, default=None,
+                   data_help="data source (default: the reused runs' data, else digits; see `genlab datasets`)",
+                   dir_help="folder holding the dataset files", channels_help="convert images to 1 or 3 channels")
     p.add_argument("--seed", type=int, default=0, help="seed of every model's training and of the evaluation (default 0)")
     p.add_argument("--samples", type=int, default=10_000, metavar="N", help="samples per model for the scores (default 10000)")
     p.add_argument("--likelihood-k", type=int, metavar="K", help="VAEs: IWAE NLL with K importance samples (default: ELBO)")
@@ -185,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print results.json instead of a table")
     p.add_argument("--no-progress", action="store_true")
 
+
+def _add_interpolate(sub) -> None:
     p = sub.add_parser("interpolate", help="decode a path between two latents (lerp / slerp)", description=(
         "Decode latents along straight (lerp) or great-circle (slerp; Shoemake 1985, White 2016) paths.\n"
         "VAEs: between the posterior means of test images (default: random pairs; --images I,J), shown\n"
@@ -201,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, metavar="Y", help="conditional models: class of every row (default: one per row)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random endpoints (default 0)")
     p.add_argument("-o", "--output", help="output PNG (default RUN/interpolation.png)")
-    p.add_argument("--device", default="cpu")
+    _add_run_device(p)
 
+
+def _add_traverse(sub) -> None:
     p = sub.add_parser("traverse", help="vary one latent dimension at a time", description=(
         "One row per latent dimension: that dimension runs over [-R, R] while the others stay at a base\n"
         "latent (the posterior mean of test image --image for VAEs, else a prior draw). VAEs default to\n"
@@ -218,14 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, metavar="Y", help="conditional models: class of every row")
     p.add_argument("--seed", type=int, default=0, help="seed of the base latent's prior draw (default 0)")
     p.add_argument("-o", "--output", help="output PNG (default RUN/traversal.png)")
-    p.add_argument("--device", default="cpu")
+    _add_run_device(p)
 
+
+def _add_listings(sub) -> None:
+    """The two commands without options: what data and what models this installation offers."""
     sub.add_parser("datasets", help="list data sources and whether they are available here")
     sub.add_parser("models", help="list presets and models")
+
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train seed-vae and seed-gan on the bundled digits and show where to look")
     p.add_argument("--out", default="runs/demo", help="folder for the two runs (default runs/demo; replaced each time)")
     p.add_argument("--no-progress", action="store_true")
-    return parser
 
 
 # -- numeric options ------------------------------------------------------------------------

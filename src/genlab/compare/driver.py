@@ -497,6 +497,21 @@ def _likelihood_entry(lk: dict[str, Any] | None, likelihood_k: int | None) -> di
 DEFAULT_BUDGET = "5m"  # per model when presets are trained: a laptop-CPU comparison in well under an hour
 
 
+@dataclass
+class _Plan:
+    """What a comparison does, settled before anything is written: the models, the budget (None when every
+    model is a reused run), the one dataset and its settings, and how every model is evaluated."""
+
+    specs: list[ModelSpec]
+    budget: Budget | None
+    dataset: Any
+    data: tuple[str, int | None, int | None]  # (dataset name, --image-size, --channels) as trained
+    data_dir: str | None
+    seed: int
+    samples: int
+    likelihood_k: int | None
+
+
 @_holding_folder
 def run_compare(models: list[str], data: str | None = None, budget: str | None = None, *, seed: int = 0,
                 samples: int = 10_000, likelihood_k: int | None = None, name: str | None = None,
@@ -505,10 +520,25 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
                 progress: bool = True, log: Callable[[str], None] = print) -> CompareResult:
     """Train (or reuse) every model of ``models`` on the same data under the same ``budget`` and seed,
     evaluate each with the same evaluator and sample count, and write results.json and report.html."""
-    from ..data import load_dataset
     from ..eval.evaluator import get_evaluator
-    from .report import build_report
 
+    plan = _plan(models, data, budget, seed=seed, samples=samples, likelihood_k=likelihood_k, data_dir=data_dir,
+                 image_size=image_size, channels=channels, progress=progress)
+    folder = _open_folder(plan, name, out_root, overwrite, log)
+    for s in plan.specs:
+        if s.source == "preset":
+            _train_preset(s, plan.data, plan.data_dir, plan.budget, seed, device, progress, log)
+    evaluator = get_evaluator(plan.dataset, progress=progress)
+    entries, loaded = _evaluate_models(plan, folder, evaluator, progress, log)
+    results = _results(plan, folder, evaluator, entries)
+    return _write_results(folder, results, loaded, plan.dataset, evaluator, log)
+
+
+def _plan(models: list[str], data: str | None, budget: str | None, *, seed: int, samples: int,
+          likelihood_k: int | None, data_dir: str | None, image_size: int | None, channels: int | None,
+          progress: bool) -> _Plan:
+    """Check the evaluation options, read ``--models`` and the budget (``DEFAULT_BUDGET`` when a preset is
+    trained and none is given), and load the dataset; a GenlabError before any folder is made."""
     if samples < 2:
         raise GenlabError(f"--samples must be at least 2, got {samples}.")
     if likelihood_k is not None and likelihood_k < 1:
@@ -518,8 +548,17 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
     if budget is None and any(s.source == "preset" for s in specs):
         budget = DEFAULT_BUDGET
     the_budget = parse_budget(budget) if budget is not None else None
+    dataset, the_data, data_dir = _comparison_data(run_configs, data, data_dir, image_size, channels, progress)
+    return _Plan(specs, the_budget, dataset, the_data, data_dir, seed, samples, likelihood_k)
 
-    # one dataset for all: --data, else the reused runs' own (which must agree)
+
+def _comparison_data(run_configs: dict[str, dict[str, Any]], data: str | None, data_dir: str | None,
+                     image_size: int | None, channels: int | None, progress: bool) -> tuple[Any, tuple, str | None]:
+    """One dataset for all: --data, else the reused runs' own (the first one's, with its --data-dir unless
+    one is given); every reused run must have been trained on it. Returns (dataset, (name, image_size,
+    channels), data_dir)."""
+    from ..data import load_dataset
+
     if data is None and run_configs:
         first = next(iter(run_configs.values()))
         data, image_size, channels = _run_data(first)
@@ -532,55 +571,76 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
             raise GenlabError(f"the models are on different datasets: run {tag} was trained on "
                               f"{_describe_data(*_run_data(config))}, the comparison is on {_describe_data(*the_data)}. "
                               "Compare runs of the same data (or pass the matching --data).")
+    return dataset, the_data, data_dir
 
-    folder = comparison_folder(out_root, default_name(dataset.name, specs, the_budget, seed) if name is None else name)
-    inside = [s for s in specs if s.source == "run" and folder.resolve() in s.run_dir.resolve().parents]
+
+def _open_folder(plan: _Plan, name: str | None, out_root: str | Path, overwrite: bool,
+                 log: Callable[[str], None]) -> Path:
+    """Make (or reuse, or with ``overwrite`` replace) the comparison folder and place each preset's run
+    folder inside it, under runs/<tag>."""
+    folder = comparison_folder(out_root, default_name(plan.dataset.name, plan.specs, plan.budget, plan.seed)
+                               if name is None else name)
+    inside = [s for s in plan.specs if s.source == "run" and folder.resolve() in s.run_dir.resolve().parents]
     if inside and overwrite:
         raise GenlabError(f"--overwrite would delete {folder}, which holds the run {inside[0].run_dir} given in "
                           "--models; choose another --name.")
-    _prepare_folder(folder, _settings(the_data, specs, the_budget, seed), overwrite)
-    for s in specs:
+    _prepare_folder(folder, _settings(plan.data, plan.specs, plan.budget, plan.seed), overwrite)
+    for s in plan.specs:
         if s.source == "preset":
             s.run_dir = folder / "runs" / s.tag
     log(f"comparison folder: {folder}")
+    return folder
 
-    for s in specs:
-        if s.source == "preset":
-            _train_preset(s, the_data, data_dir, the_budget, seed, device, progress, log)
 
-    evaluator = get_evaluator(dataset, progress=progress)
+def _evaluate_models(plan: _Plan, folder: Path, evaluator: Any, progress: bool,
+                     log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Evaluate every model alike (:func:`_evaluate`). Returns each model's entry of results.json and the
+    loaded models by tag, which the report draws its pictures with."""
     entries, loaded = [], {}
-    for s in specs:
+    for s in plan.specs:
         run = Run(s.run_dir)
         model = run.load_model()
         loaded[s.tag] = model
-        ev, ev_path, reused_from = _evaluate(s, folder, (evaluator.fingerprint, evaluator.weights_sha256), samples,
-                                             seed, likelihood_k, model.has_likelihood, dataset.num_classes,
-                                             progress, log)
-        state = _training_record(run.checkpoint_state())
-        secs, images = state.get("train_seconds"), state.get("images_seen")
-        entries.append({
-            "name": s.tag, "source": s.source, "preset": s.preset, "run_dir": str(s.run_dir),
-            "model": run.config.get("model"), "family": model.family,
-            "conditional": model.conditional, "latent_dim": model.latent_dim,
-            "parameters": model.parameter_count(), "seed": run.config["train"].get("seed"),
-            "train_seconds": secs, "images_seen": images, "steps": state.get("step"),
-            "epochs_completed": state.get("epoch"),
-            "img_per_s": (images / secs) if secs and images else None,
-            "metrics": ev["metrics"], "likelihood": _likelihood_entry(ev.get("likelihood"), likelihood_k),
-            "eval_file": str(ev_path),
-            "evaluation": {"reused": reused_from is not None, "reused_from": reused_from},
-        })
+        ev, ev_path, reused_from = _evaluate(s, folder, (evaluator.fingerprint, evaluator.weights_sha256),
+                                             plan.samples, plan.seed, plan.likelihood_k, model.has_likelihood,
+                                             plan.dataset.num_classes, progress, log)
+        entries.append(_model_entry(s, run, model, ev, ev_path, reused_from, plan.likelihood_k))
+    return entries, loaded
 
-    budget_info = None if the_budget is None else the_budget.as_dict()
+
+def _model_entry(s: ModelSpec, run: Run, model: Any, ev: dict[str, Any], ev_path: Path, reused_from: str | None,
+                 likelihood_k: int | None) -> dict[str, Any]:
+    """One model's entry of results.json: where it comes from, its size, its training counters (from its
+    checkpoint), its metrics and likelihood, and where its evaluation was read or written."""
+    state = _training_record(run.checkpoint_state())
+    secs, images = state.get("train_seconds"), state.get("images_seen")
+    return {
+        "name": s.tag, "source": s.source, "preset": s.preset, "run_dir": str(s.run_dir),
+        "model": run.config.get("model"), "family": model.family,
+        "conditional": model.conditional, "latent_dim": model.latent_dim,
+        "parameters": model.parameter_count(), "seed": run.config["train"].get("seed"),
+        "train_seconds": secs, "images_seen": images, "steps": state.get("step"),
+        "epochs_completed": state.get("epoch"),
+        "img_per_s": (images / secs) if secs and images else None,
+        "metrics": ev["metrics"], "likelihood": _likelihood_entry(ev.get("likelihood"), likelihood_k),
+        "eval_file": str(ev_path),
+        "evaluation": {"reused": reused_from is not None, "reused_from": reused_from},
+    }
+
+
+def _results(plan: _Plan, folder: Path, evaluator: Any, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.json (format genlab-compare-1): the settings every model was trained and evaluated under, the
+    models' entries, the paired likelihood comparison and the summary's sentences."""
+    dataset, (_, image_size, channels) = plan.dataset, plan.data
+    budget_info = None if plan.budget is None else plan.budget.as_dict()
     results = {
         "format": RESULTS_FORMAT,
         "name": folder.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"data": dataset.name, "image_size": image_size, "channels": channels,
                      "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
-                     "class_names": dataset.class_names, "budget": budget_info, "seed": seed, "samples": samples,
-                     "likelihood_k": likelihood_k, "reference": "test",
+                     "class_names": dataset.class_names, "budget": budget_info, "seed": plan.seed,
+                     "samples": plan.samples, "likelihood_k": plan.likelihood_k, "reference": "test",
                      "evaluator_fingerprint": evaluator.fingerprint,
                      "evaluator_weights_sha256": evaluator.weights_sha256,
                      "evaluator_test_accuracy": evaluator.info.get("test_accuracy"),
@@ -589,6 +649,15 @@ def run_compare(models: list[str], data: str | None = None, budget: str | None =
     }
     results["paired_likelihood"] = paired_likelihoods(entries)
     results["summary"] = summarize(entries, budget_info, dataset.class_names, results["paired_likelihood"])
+    return results
+
+
+def _write_results(folder: Path, results: dict[str, Any], loaded: dict[str, Any], dataset: Any, evaluator: Any,
+                   log: Callable[[str], None]) -> CompareResult:
+    """Build the report (before anything is written, so a failure leaves the folder as it was) and write
+    results.json and report.html atomically."""
+    from .report import build_report
+
     results_path = folder / "results.json"
     report_path = folder / "report.html"
     log("== writing the report")
