@@ -15,7 +15,6 @@ from genlab.eval import (calibrate, evaluate_npz, evaluate_run, fid_from_feature
                          format_table, frechet_distance, get_evaluator, inception_score, kid_from_features, prdc,
                          vae_likelihood)
 from genlab.eval.evaluator import evaluator_cache_root
-from genlab.eval.likelihood import log_weights
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -211,8 +210,8 @@ def test_iwae_bounds_and_batching(vae_run, digits):
     xb = x[:12].float() / 255
     eps = torch.randn(30, 12, model.config.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        batched = log_weights(model, xb, eps)[0]
-        single = torch.cat([log_weights(model, xb[i:i + 1], eps[:, i:i + 1])[0] for i in range(12)], 1)
+        batched = model.log_weights(xb, noise=eps)
+        single = torch.cat([model.log_weights(xb[i:i + 1], noise=eps[:, i:i + 1]) for i in range(12)], 1)
     assert torch.allclose(batched, single, rtol=1e-5, atol=1e-3)
     binar = vae_likelihood(model, x, k=50, binarize=True, seed=0)
     assert binar["binarized"] and binar["bits_per_dim"] == pytest.approx(binar["nll_iwae"] / (64 * math.log(2)))

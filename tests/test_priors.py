@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
+from genlab.data import load_dataset
 from genlab.errors import GenlabError
 from genlab.models import Batch, build_model
 from genlab.models import losses
@@ -109,6 +110,47 @@ def test_every_priors_training_kl_and_refit(kind):
     assert (set(figures) == {"prior_log_density", "prior_converged"}) == (kind == "gmm") == prior.fitted_to_codes
     assert prior.refit_due(1, last=True) == (kind == "gmm")
     assert prior.is_standard_normal == (kind == "normal")
+
+
+@pytest.mark.parametrize("kind", ["normal", "unfitted", "gmm", "mog"])
+def test_the_elbos_kl_is_against_the_prior_sampled_from(kind):
+    """``elbo_kl`` (the evaluation's KL): closed form while p(z) is N(0, I) - the standard normal and a mixture
+    not yet fitted - and log q(z|x) - log p(z) at the draws for a fitted or learned mixture, whose
+    training KL may be another (the fitted mixture trains against N(0, I))."""
+    prior = GaussianMixturePrior(3, components=2) if kind == "unfitted" else _each_prior(3)[kind]
+    g = torch.Generator().manual_seed(3)
+    mu, logvar = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    z = mu + (0.5 * logvar).exp() * torch.randn(4, 6, 3, generator=g)  # 4 draws per image
+    log_qz, log_pz = losses.log_normal(z, mu, logvar), prior.log_prob(z)
+    kl = prior.elbo_kl(mu, logvar, log_qz, log_pz)
+    closed_form = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+    if kind in ("normal", "unfitted"):
+        assert kl.shape == (6,) and torch.allclose(kl, closed_form, atol=1e-5)
+    else:
+        assert kl.shape == (4, 6) and torch.equal(kl, log_qz - log_pz)
+        assert not torch.allclose(kl.mean(0), closed_form, atol=1e-1)
+
+
+@pytest.mark.parametrize("prior", ["normal", "gmm", "mog"])
+def test_a_vaes_elbo_is_its_one_sample_importance_weight_under_the_prior_it_samples_from(prior):
+    """VAE.elbo = log p(x|z) - elbo_kl at one draw; for a mixture prior that is the one-sample log weight
+    log p(x|z) + log p(z) - log q(z|x), the same terms the IWAE bound and the evaluation's NLL use."""
+    model = build_model("mlp-vae", {"prior": prior, "prior_components": 3, "z_dim": 4, "hidden": [32, 16]}, (1, 8, 8))
+    images = load_dataset("digits").train.images
+    if prior == "gmm":
+        model.fit_prior(images[:300], seed=0)
+    model.eval()
+    x = images[:10].float() / 255
+    with torch.no_grad():
+        elbo = model.elbo(x, generator=torch.Generator().manual_seed(4))
+        noise = torch.randn(1, 10, 4, generator=torch.Generator().manual_seed(4))
+        lw = model.log_weights(x, noise=noise)[0]
+        log_px, _, _ = model.importance_terms(x, noise=noise)
+        mu, logvar = model.encode(x)
+    if prior == "normal":
+        assert torch.allclose(elbo, log_px[0] - losses.gaussian_kl(mu, logvar), atol=1e-4)
+    else:
+        assert torch.allclose(elbo, lw, atol=1e-4)
 
 
 def test_the_standard_normal_prior_has_no_state_and_samples_as_every_genlab_sampler():

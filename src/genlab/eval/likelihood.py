@@ -20,28 +20,6 @@ import torch
 from torch import Tensor
 
 from ..errors import GenlabError
-from ..models.losses import gaussian_kl
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-def log_weights(model, x: Tensor, eps: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None,
-                labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(log w, log p(x|z)) for z = mu + sigma * eps, with log w = log p(x|z) + log p(z) - log q(z|x).
-
-    x: (B, C, H, W) in [0, 1]; eps: (S, B, Z) standard normal. Both results (S, B), in nats.
-    The decoder's likelihood comes from ``model.log_px_given_z``, so any VAE decoder works.
-    """
-    if mu is None or logvar is None:
-        mu, logvar = model.encode(x, labels)
-    s, b, zd = eps.shape
-    z = mu[None] + torch.exp(0.5 * logvar)[None] * eps  # (S, B, Z)
-    xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-    ys = None if labels is None else labels.unsqueeze(0).expand(s, b).reshape(s * b)
-    log_px_z = model.log_px_given_z(xs, z.reshape(s * b, zd), ys).reshape(s, b)
-    log_pz = model.log_prior(z)
-    log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar[None]).sum(-1)  # log N(z; mu, sigma^2), z - mu = sigma * eps
-    return log_px_z + log_pz - log_qz, log_px_z
 
 
 def _is_binary(images: Tensor) -> bool:
@@ -58,10 +36,11 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
 
     ``images``: uint8 (N, C, H, W) (or float in [0, 1]). ``k``: importance samples per image
     (k = 1 gives only the ELBO's sample). Batched over ``batch_images`` images at once and over
-    sample chunks of ``max_rows // batch_images`` samples. ELBO = E_q[log p(x|z)] (mean over the k
-    samples) - KL(q || p) (closed form for the standard-normal prior; for a learned prior, e.g. the
-    fitted mixture of ``prior="gmm"``, the mean of log w over the k samples). log p(z) is the
-    model's own ``log_prior``: the NLL is that of the prior genlab samples from.
+    sample chunks of ``max_rows // batch_images`` samples. ELBO = the mean over the k
+    samples of log p(x|z) - KL(q || p), the KL as the model's prior gives it (``Prior.elbo_kl``:
+    closed form for N(0, I), else log q - log p at each sample, so the mean of log w). Every term
+    comes from the model's ``importance_terms``; log p(z) is the prior genlab samples from, so the
+    NLL is that of the model users sample.
 
     ``per_image``: a dict to fill with the per-image values (float64, (N,), in test-set order):
     ``neg_elbo`` always, ``nll_iwae`` when k > 1 - what a paired comparison of two models on the same
@@ -94,22 +73,18 @@ def vae_likelihood(model, images: Tensor, k: int = 5000, binarize: bool = False,
         mu, logvar = model.encode(x, y)
         chunk = max(1, min(k, max_rows // b))
         lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
-        recon_sum = torch.zeros(b, dtype=torch.float64, device=device)
-        lw_sum = torch.zeros(b, dtype=torch.float64, device=device)
+        elbo_sum = torch.zeros(b, dtype=torch.float64, device=device)
         done = 0
         while done < k:
             s = min(chunk, k - done)
             eps = torch.randn((s, b, mu.shape[1]), generator=gen).to(device)
-            lw, log_px_z = log_weights(model, x, eps, mu, logvar, y)
-            lse = torch.logaddexp(lse, torch.logsumexp(lw.double(), 0))
-            recon_sum += log_px_z.double().sum(0)
-            lw_sum += lw.double().sum(0)
+            log_px, log_pz, log_qz = model.importance_terms(x, y, eps, posterior=(mu, logvar))
+            lw = log_px.double() + log_pz.double() - log_qz.double()  # log w = log p(x|z) + log p(z) - log q(z|x)
+            lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
+            elbo_sum += (log_px.double() - model.elbo_kl(mu, logvar, log_qz, log_pz).double()).sum(0)
             done += s
         nll[i:i + b] = -(lse - math.log(k)).cpu()
-        if model.has_standard_normal_prior:  # KL(q || N(0, I)) in closed form
-            elbo[i:i + b] = (recon_sum / k - gaussian_kl(mu, logvar).double()).cpu()
-        else:  # a learned prior has no closed-form KL: the k-sample Monte Carlo mean of log w
-            elbo[i:i + b] = (lw_sum / k).cpu()
+        elbo[i:i + b] = (elbo_sum / k).cpu()
         if bar is not None:
             bar.update(b)
     if bar is not None:

@@ -133,6 +133,15 @@ class Prior(nn.Module):
         every prior that is N(0, I) while the model trains."""
         return losses.gaussian_kl(mu, logvar)
 
+    def elbo_kl(self, mu: Tensor, logvar: Tensor, log_qz: Tensor, log_pz: Tensor) -> Tensor:
+        """The KL term of the model's ELBO, KL(q(z|x) || p(z)) against the prior the model samples from now
+        (not the training term ``kl``, which for a prior fitted after training is the one to N(0, I)): in
+        closed form while p(z) is N(0, I) (shape (B,)), else the Monte-Carlo estimate log q(z|x) - log p(z)
+        at the draws whose log densities are ``log_qz`` and ``log_pz`` (shape (..., B))."""
+        if self.is_standard_normal:
+            return losses.gaussian_kl(mu, logvar)
+        return log_qz - log_pz
+
     def refit(self, z: Tensor, seed: int = 0) -> dict[str, float]:
         """Fit the prior to latent codes z (N, dim); figures for the epoch's log line ({} for none)."""
         return {}
@@ -335,6 +344,10 @@ class LatentPriorMixin:
         """The training KL term per image (``Prior.kl``)."""
         return self.prior.kl(z, mu, logvar)
 
+    def elbo_kl(self, mu: Tensor, logvar: Tensor, log_qz: Tensor, log_pz: Tensor) -> Tensor:
+        """The ELBO's KL term against the prior sampled from (``Prior.elbo_kl``)."""
+        return self.prior.elbo_kl(mu, logvar, log_qz, log_pz)
+
     @property
     def has_standard_normal_prior(self) -> bool:
         return self.prior.is_standard_normal
@@ -378,8 +391,3 @@ class LatentPriorMixin:
     def on_stop(self, train_images: Tensor, train_labels: Tensor | None, *, seed: int) -> None:
         """The Trainer's hook for a stop inside an epoch: refit, so the saved prior matches the saved weights."""
         self.fit_prior(train_images, train_labels, seed=seed)
-
-    def elbo_with_prior(self, x: Tensor, mu: Tensor, logvar: Tensor, noise: Tensor, log_px_given_z) -> Tensor:
-        """One-sample ELBO under a prior other than N(0, I) (no closed-form KL): log p(x|z) + log p(z) - log q(z|x)."""
-        z = losses.reparameterize(mu, logvar, noise)
-        return log_px_given_z(x, z) + self.log_prior(z) - losses.log_normal(z, mu, logvar)

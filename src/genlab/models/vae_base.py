@@ -243,6 +243,24 @@ class VAE(LatentPriorMixin, GenerativeModel):
         b = self.config.beta if beta is None else beta
         return {"recon": recon, "kl": kl, "neg_elbo": losses.negative_elbo(recon, kl, b)}
 
+    def importance_terms(self, x: Tensor, labels: Tensor | None = None, noise: Tensor | None = None, k: int = 1,
+                         posterior: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The three log densities of the importance weights at z_i = mu + sigma * eps_i ~ q(z|x):
+        (log p(x|z_i), log p(z_i), log q(z_i|x)), each of shape (k, B), in nats.
+
+        ``noise`` (k, B, z_dim) fixes the draws eps_i (else k fresh ones); ``posterior`` = (mu, logvar)
+        of x when it is encoded already. The one place the IWAE objective, the ELBO and the evaluation's
+        likelihoods get their terms from; log p(z) is the prior the model samples from.
+        """
+        mu, logvar = self.encode(x, labels) if posterior is None else posterior
+        if noise is None:
+            noise = torch.randn(k, *mu.shape, device=mu.device)
+        k = noise.shape[0]
+        z = losses.reparameterize(mu, logvar, noise)  # (k, B, z_dim)
+        flat_labels = None if labels is None else labels.repeat(k)
+        log_px = self.log_px_given_z(x.repeat(k, 1, 1, 1), z.flatten(0, 1), flat_labels).view(k, -1)
+        return log_px, self.log_prior(z), losses.log_normal(z, mu, logvar)
+
     def log_weights(self, x: Tensor, labels: Tensor | None = None, noise: Tensor | None = None,
                     k: int = 1, beta: float = 1.0) -> Tensor:
         """log w_i = log p(x|z_i) + beta * (log p(z_i) - log q(z_i|x)), z_i ~ q(z|x), shape (k, B).
@@ -250,15 +268,7 @@ class VAE(LatentPriorMixin, GenerativeModel):
         ``noise`` (k, B, z_dim) fixes the draws. beta = 1 gives the importance weights of Burda
         et al. 2015; other values scale the prior-to-posterior ratio the way beta scales the KL.
         """
-        mu, logvar = self.encode(x, labels)
-        if noise is None:
-            noise = torch.randn(k, *mu.shape, device=mu.device)
-        k = noise.shape[0]
-        z = losses.reparameterize(mu, logvar, noise)  # (k, B, z_dim)
-        flat_labels = None if labels is None else labels.repeat(k)
-        log_px = self.log_px_given_z(x.repeat(k, 1, 1, 1), z.flatten(0, 1), flat_labels).view(k, -1)
-        log_pz = self.log_prior(z)  # N(0, I), or the fitted mixture
-        log_qz = losses.log_normal(z, mu, logvar)
+        log_px, log_pz, log_qz = self.importance_terms(x, labels, noise, k)
         return log_px + beta * (log_pz - log_qz)
 
     def iwae_bound(self, x: Tensor, labels: Tensor | None = None, k: int = 1, noise: Tensor | None = None,
@@ -269,15 +279,12 @@ class VAE(LatentPriorMixin, GenerativeModel):
 
     @torch.no_grad()
     def elbo(self, x: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Single-sample ELBO estimate per image, in nats: a lower bound on log p(x) (KL in closed
-        form for N(0, I), a one-sample estimate for a fitted or learned mixture prior)."""
+        """Single-sample ELBO estimate per image, in nats: log p(x|z) - KL(q(z|x) || p(z)), a lower bound
+        on log p(x) under the prior the model samples from (the KL as ``Prior.elbo_kl`` gives it)."""
         mu, logvar = self.encode(x, labels)
-        noise = randn(tuple(mu.shape), generator, mu.device)
-        if not self.has_standard_normal_prior:
-            return self.elbo_with_prior(x, mu, logvar, noise, lambda x_, z: self.log_px_given_z(x_, z, labels))
-        z = losses.reparameterize(mu, logvar, noise)
-        recon = -self.log_px_given_z(x, z, labels)
-        return -(recon + losses.gaussian_kl(mu, logvar))
+        noise = randn((1, *mu.shape), generator, mu.device)
+        log_px, log_pz, log_qz = self.importance_terms(x, labels, noise, posterior=(mu, logvar))
+        return (log_px - self.elbo_kl(mu, logvar, log_qz, log_pz))[0]
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
