@@ -14,9 +14,10 @@ The default budgets are counted in epochs, so the scores do not depend on what e
 was doing; the training minutes do (they are the Trainer's training time, recorded as measured).
 
 Results go to bench/results/presets.json, one record per preset and seed, each naming the CPU,
-torch, date and evaluator weights; a record already there for the same preset, seed, CPU model
-and evaluator weights is kept, so an interrupted measurement continues where it stopped. The last
-epoch's sample grid of seed 0 is copied to docs/gallery/presets/PRESET.png.
+torch, date and evaluator weights; a record already there for the same preset, seed and CPU model
+is kept, so an interrupted measurement continues where it stopped. Each preset's seed-0 run then
+draws docs/gallery/presets/PRESET.png with ``genlab sample RUN -n 64`` (``--per-class 8`` for a
+conditional model: one row per class), as the gallery's grids are drawn.
 scripts/gen_presets_doc.py turns the file into the tables of docs/presets.md.
 """
 from __future__ import annotations
@@ -26,7 +27,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,11 +94,20 @@ def train_and_eval(preset: str, seed: int, data: str, out: Path, extra: list[str
         "elbo": lk.get("elbo"), "nll": lk.get("nll_iwae"), "nll_k": lk.get("k") if lk.get("nll_iwae") is not None else None,
         "likelihood": lk.get("likelihood"),
         "evaluator_weights": ev["protocol"]["evaluator_weights_sha256"][:12],
-        "grid": None,
     }
-    if ends and ends[-1].get("samples"):
-        record["grid_source"] = str(run / ends[-1]["samples"])
     return record
+
+
+def draw_grid(preset: str, run: Path) -> str | None:
+    """docs/gallery/presets/PRESET.png from the run's last checkpoint (64 samples at noise seed 0, or 8 per
+    class for a conditional model); its path relative to docs/, or None when the run is not there."""
+    if not (run / "checkpoints" / "last.safetensors").exists():
+        return None
+    import genlab
+    per_class = ["--per-class", "8"] if genlab.load(run).conditional else ["-n", "64"]
+    GRIDS.mkdir(parents=True, exist_ok=True)
+    genlab("sample", str(run), *per_class, "--seed", "0", "-o", str(GRIDS / f"{preset}.png"))
+    return f"gallery/presets/{preset}.png"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,17 +150,18 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             record = train_and_eval(preset, seed, data, out, extra, n, k)
             record.update(cpu=machine["cpu"], torch=machine["torch"], date=_dt.date.today().isoformat())
-            source = record.pop("grid_source", None)
-            if source and seed == 0 and not args.quick:
-                GRIDS.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, GRIDS / f"{preset}.png")
-                record["grid"] = f"gallery/presets/{preset}.png"
             results["records"] = [r for r in results["records"] if not (r["preset"] == preset and r["seed"] == seed)]
             results["records"].append(record)
             atomic_write_json(results_path, results)
             print(f"{preset} seed {seed}: FID {record['fid']:.2f}, recall {record['recall']:.3f}, "
                   f"{record['classes']} classes, {record['train_minutes']} min"
                   + (f", NLL {record['nll']:.2f}" if record["nll"] is not None else ""), flush=True)
+    if not args.quick:
+        for preset in presets:
+            grid = draw_grid(preset, out / f"{preset}-s0")
+            if grid:
+                results.setdefault("grids", {})[preset] = grid
+        atomic_write_json(results_path, results)
     return 0
 
 
