@@ -102,6 +102,11 @@ def _add_train(sub) -> None:
                    help=f"adversarial loss of a GAN or the VAE-GAN: {', '.join(GAN_LOSSES)} (default: the preset's, "
                         "non-saturating for the seed's GAN: strong gradients early; minimax is the seed's eq. as "
                         "written)")
+    p.add_argument("--augment", metavar="POLICY",
+                   help="differentiable augmentation of the discriminator's inputs, real and generated alike, for a "
+                        "GAN or the VAE-GAN (DiffAugment, Zhao et al. 2020): a comma-separated subset of "
+                        "color,translation,cutout, or '' for none (default: the preset's, none). For small image "
+                        "folders (a few thousand images), where D otherwise memorises the training set")
     p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="override a model setting, e.g. --set z_dim=32 --set 'hidden=[256,128]'")
     p.add_argument("--out", metavar="RUN", help="run folder (default runs/<model>-<data>, numbered if taken)")
@@ -375,7 +380,7 @@ def _train(args) -> int:
     progress = not args.no_progress
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes  # > 0: check_options
     if args.resume:
-        if (args.model or args.set or args.gan_loss or args.lr is not None or args.batch_size is not None
+        if (args.model or args.set or args.gan_loss or args.augment is not None or args.lr is not None or args.batch_size is not None
                 or args.lr_schedule):
             raise GenlabError("--resume continues a run with its own settings; only --epochs, --max-steps, "
                               "--max-minutes, --device, --precision, --compile and --channels-last may change.")
@@ -422,8 +427,25 @@ def _model_settings(args) -> dict:
     settings = dict(args.set)
     if args.gan_loss:
         settings.update(adversarial_loss_setting(args.model, args.gan_loss))
+    if args.augment is not None:
+        settings.update(_augment_setting(args.model, model, args.augment))
     make_config(model, settings, what=f"model {model!r}: --set")
     return settings
+
+
+def _augment_setting(name: str, model: str, policy: str) -> dict[str, str]:
+    """--augment POLICY as the model setting ``augment``, checked: a model without a discriminator, or an
+    unknown augmentation, is a GenlabError naming the option."""
+    import dataclasses
+
+    from .models.registry import MODELS
+    from .nets.augment import parse_policy
+
+    if "augment" not in {f.name for f in dataclasses.fields(MODELS[model].config_cls)}:
+        raise GenlabError(f"--augment applies to models with a discriminator (the GANs and the VAE-GAN); {name} "
+                          f"({model}) has none (see `genlab models`).")
+    parse_policy(policy, "--augment")
+    return {"augment": policy}
 
 
 def _check_grid_memory(n: int, image_shape) -> None:

@@ -29,6 +29,7 @@ from ..nets import (
     one_hot,
     require_labels,
 )
+from ..nets.augment import DiffAugment
 from ..nets.ema import warmed_up_ema_decay
 from . import losses
 from .base import Batch, GenerativeModel, adam
@@ -56,6 +57,9 @@ class DCGANConfig:
     beta2: float = 0.999
     ema_decay: float = 0.0  # EMA of the generator's weights, used by sample(); 0 = off
     conditional: bool = False  # class-conditional G (one-hot input) and projection D
+    # DiffAugment (Zhao et al. 2020) policy of D's inputs, real and fake: a comma-separated subset of
+    # color, translation, cutout (nets/augment.py); "" = off
+    augment: str = ""
 
 
 class DCGAN(GenerativeModel):
@@ -76,6 +80,7 @@ class DCGAN(GenerativeModel):
         if c.n_critic < 1:
             raise GenlabError(f"n_critic must be at least 1, got {c.n_critic}.")
         self.loss = losses.gan_loss(c.loss)
+        self.augment = DiffAugment(c.augment)
         self.label_dim = num_classes if c.conditional else 0
         self.generator = dcgan_init(ConvDecoder(c.z_dim + self.label_dim, self.image_shape[0], self.image_shape,
                                                 c.width, batchnorm=True, upsample=c.upsample))
@@ -138,8 +143,13 @@ class DCGAN(GenerativeModel):
         z = ctx.randn(n, c.z_dim, device=real.device)
         if c.r1_gamma > 0:
             real = real.detach().requires_grad_(True)  # R1 differentiates D(x) with respect to x
+        real_images = real
         with ctx.autocast():
             fake = self.generate(z, labels).detach()
+            if self.augment:  # D sees real and fake through the same random augmentation (their own draws)
+                # R1's gradient is then taken through it, with respect to the un-augmented real images
+                # (as DiffAugment and ADA do); the gradient penalty interpolates the augmented images
+                real, fake = self.augment(real, ctx), self.augment(fake, ctx)
             real_logits, fake_logits = (t.float() for t in self._real_and_fake_logits(real, fake, labels))
         d_loss = self.loss.d_loss(real_logits, fake_logits)
         logs: dict[str, Tensor] = {}
@@ -150,9 +160,9 @@ class DCGAN(GenerativeModel):
             logs["gp"] = gp.detach()
         if c.r1_gamma > 0:  # gamma / 2 * E[||grad_x D(x)||^2]  (Mescheder et al. 2018, eq. 9)
             if ctx.precision == "fp32":
-                r1 = losses.r1_penalty(real_logits, real)
+                r1 = losses.r1_penalty(real_logits, real_images)
             else:  # the penalty in fp32: D(x) again, outside autocast, for its gradient with respect to x
-                r1 = losses.r1_penalty(losses.in_fp32(lambda x: self.discriminate(x, labels), real), real)
+                r1 = losses.r1_penalty(losses.in_fp32(lambda x: self.discriminate(x, labels), real), real_images)
             d_loss = d_loss + 0.5 * c.r1_gamma * r1
             logs["r1"] = r1.detach()
         opt_d.zero_grad(set_to_none=True)
@@ -163,7 +173,10 @@ class DCGAN(GenerativeModel):
             self.discriminator.requires_grad_(False)
             z = ctx.randn(n, c.z_dim, device=real.device)
             with ctx.autocast():
-                fake_scores = self.discriminate(self.generate(z, labels), labels).float()
+                fake = self.generate(z, labels)
+                if self.augment:  # G's gradient flows back through the augmentation
+                    fake = self.augment(fake, ctx)
+                fake_scores = self.discriminate(fake, labels).float()
             g_loss = self.loss.g_loss(fake_scores)
             opt_g.zero_grad(set_to_none=True)
             ctx.backward(g_loss, "g")

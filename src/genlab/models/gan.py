@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..nets import mlp
+from ..nets.augment import DiffAugment
 from . import losses
 from .base import Batch, GenerativeModel, adam
 
@@ -36,6 +37,9 @@ class MLPGANConfig:
     lr: float = 1e-3
     beta1: float = 0.5
     beta2: float = 0.999
+    # DiffAugment (Zhao et al. 2020) policy of D's inputs, real and fake: a comma-separated subset of
+    # color, translation, cutout (nets/augment.py); "" = off
+    augment: str = ""
 
 
 class MLPGAN(GenerativeModel):
@@ -47,6 +51,7 @@ class MLPGAN(GenerativeModel):
         self.generator = mlp([config.z_dim, h, h, self.x_dim], config.g_activation)
         self.discriminator = mlp([self.x_dim, h, h, 1], config.d_activation)
         self.loss = losses.gan_loss(config.g_loss)
+        self.augment = DiffAugment(config.augment)
 
     def generate(self, z: Tensor) -> Tensor:
         """G(z): images in [0, 1]."""
@@ -73,6 +78,8 @@ class MLPGAN(GenerativeModel):
         z = ctx.randn(n, self.config.z_dim, device=real.device)
         with ctx.autocast():
             fake = self.generate(z).detach()
+            if self.augment:  # D sees real and fake through the same random augmentation (their own draws)
+                real, fake = self.augment(real, ctx), self.augment(fake, ctx)
             # one pass over real and fake together: the same D(x) per image, one larger matmul
             real_logits, fake_logits = self.discriminate(torch.cat([real, fake])).float().split([n, n])
         d_loss = self.loss.d_loss(real_logits, fake_logits)
@@ -83,7 +90,10 @@ class MLPGAN(GenerativeModel):
         self.discriminator.requires_grad_(False)
         z = ctx.randn(n, self.config.z_dim, device=real.device)
         with ctx.autocast():
-            fake_logits_g = self.discriminate(self.generate(z)).float()
+            fake = self.generate(z)
+            if self.augment:  # G's gradient flows back through the augmentation
+                fake = self.augment(fake, ctx)
+            fake_logits_g = self.discriminate(fake).float()
         g_loss = self.loss.g_loss(fake_logits_g)
         opt_g.zero_grad(set_to_none=True)
         ctx.backward(g_loss, "g")

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import ConvDecoder, ConvDiscriminator, ConvEncoder, dcgan_init
+from ..nets.augment import DiffAugment
 from . import losses
 from .base import Batch, GenerativeModel, adam, as_float_images
 
@@ -38,6 +39,9 @@ class VAEGANConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # DiffAugment (Zhao et al. 2020) policy of D's inputs in L_GAN, real and fake: a comma-separated subset
+    # of color, translation, cutout (nets/augment.py); "" = off. L_llike compares un-augmented features.
+    augment: str = ""
 
 
 class VAEGAN(GenerativeModel):
@@ -50,6 +54,7 @@ class VAEGAN(GenerativeModel):
         super().__init__(config, image_shape, num_classes)
         c = config
         self.loss = losses.gan_loss(c.loss)
+        self.augment = DiffAugment(c.augment)
         self.encoder = ConvEncoder(self.image_shape, c.width)
         self.mu_head = nn.Linear(self.encoder.out_features, c.z_dim)
         self.logvar_head = nn.Linear(self.encoder.out_features, c.z_dim)
@@ -95,8 +100,12 @@ class VAEGAN(GenerativeModel):
             mu, logvar = self.encode(x)
             x_tilde = self.decode(losses.reparameterize(mu, logvar, eps))  # x~ = Dec(z), z ~ q(z|x)
             x_p = self.decode(z_p)  # x_p = Dec(z_p), z_p ~ p(z)
-            # Discriminator: ascend L_GAN on x vs both kinds of fakes (one pass; no BatchNorm in D).
-            logits = self.discriminator(torch.cat([x, x_tilde.detach(), x_p.detach()])).float()
+            # Discriminator: ascend L_GAN on x vs both kinds of fakes (one pass; no BatchNorm in D), each
+            # batch through the augmentation when there is one (its own draws per batch and image).
+            d_inputs = [x, x_tilde.detach(), x_p.detach()]
+            if self.augment:
+                d_inputs = [self.augment(t, ctx) for t in d_inputs]
+            logits = self.discriminator(torch.cat(d_inputs)).float()
         d_loss = self.loss.d_loss(logits[:n], logits[n:])
         opt_d = optimizers["d"]
         opt_d.zero_grad(set_to_none=True)
@@ -106,8 +115,12 @@ class VAEGAN(GenerativeModel):
         # x, x~ and x_p, and the logits of the fakes from the same features.
         self.discriminator.requires_grad_(False)
         with ctx.autocast():
-            f_real, f_tilde, f_prior = self.discriminator.features(torch.cat([x, x_tilde, x_p])).split([n, n, n])
-            fake_logits = self.discriminator.head(torch.cat([f_tilde, f_prior]))
+            if self.augment:  # L_llike on the images as they are; L_GAN on augmented fakes, G's gradient through it
+                f_real, f_tilde = self.discriminator.features(torch.cat([x, x_tilde])).split([n, n])
+                fake_logits = self.discriminator(torch.cat([self.augment(x_tilde, ctx), self.augment(x_p, ctx)]))
+            else:
+                f_real, f_tilde, f_prior = self.discriminator.features(torch.cat([x, x_tilde, x_p])).split([n, n, n])
+                fake_logits = self.discriminator.head(torch.cat([f_tilde, f_prior]))
         f_real, f_tilde = losses.fp32(f_real), losses.fp32(f_tilde)
         llike = 0.5 * (f_tilde - f_real.detach()).pow(2).sum(1).mean()  # L_llike^{Dis_l}, eqs. 5-6
         prior = losses.gaussian_kl(mu, logvar).mean()  # L_prior, eq. 3
