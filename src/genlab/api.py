@@ -57,26 +57,25 @@ def _data_record(dataset, spec_options: dict[str, Any]) -> dict[str, Any]:
             "fingerprint": data_fingerprint(dataset)}  # compared on resume (training.fingerprint)
 
 
-# The field of a model's config that names its adversarial loss pair (a key of models.losses.GAN_LOSSES):
-# ``loss``, except in the MLP GAN's config, whose runs store it as ``g_loss``.
-ADVERSARIAL_LOSS_FIELDS = ("loss", "g_loss")
+# The field of a GAN's config (and the VAE-GAN's) that names its adversarial loss pair, a key of
+# models.losses.GAN_LOSSES. Runs of the MLP GAN written before it had this name store it as ``g_loss``:
+# models.registry.RENAMED_SETTINGS reads those as ``loss``.
+ADVERSARIAL_LOSS_FIELD = "loss"
 
 
 def adversarial_loss_setting(model: str, loss: str) -> dict[str, str]:
-    """The model setting that makes the model or preset ``model`` train with the GAN loss pair ``loss``:
-    ``{"loss": loss}`` or ``{"g_loss": loss}``, whichever field its config has. A model without an
-    adversarial loss (a plain VAE) is a GenlabError."""
+    """The model setting ``{"loss": loss}`` that makes the model or preset ``model`` train with the GAN
+    loss pair ``loss``. An unknown loss, or a model without an adversarial loss (a plain VAE), is a
+    GenlabError."""
     from .models.losses import GAN_LOSSES
 
     if loss not in GAN_LOSSES:
         raise GenlabError(f"unknown GAN loss {loss!r}; choose one of: {', '.join(GAN_LOSSES)}.")
     entry = MODELS[resolve(model).model]
-    fields = {f.name for f in dataclasses.fields(entry.config_cls)}
-    for name in ADVERSARIAL_LOSS_FIELDS:
-        if name in fields:
-            return {name: loss}
-    raise GenlabError(f"{model} ({entry.name}) has no adversarial loss to choose; the GAN loss applies to GANs "
-                      "and the VAE-GAN (see `genlab models`).")
+    if ADVERSARIAL_LOSS_FIELD not in {f.name for f in dataclasses.fields(entry.config_cls)}:
+        raise GenlabError(f"{model} ({entry.name}) has no adversarial loss to choose; the GAN loss applies to GANs "
+                          "and the VAE-GAN (see `genlab models`).")
+    return {ADVERSARIAL_LOSS_FIELD: loss}
 
 
 def _on_main(work):
@@ -180,8 +179,8 @@ def train(model: str = "seed-vae", data: str = "digits", *, out: str | Path | No
     """Train a model or preset (see ``genlab models``) on a data source (see ``genlab datasets``).
 
     ``model_settings`` override fields of the model's config dataclass (e.g. ``z_dim=32``). ``gan_loss``
-    (a name in ``models.losses.GAN_LOSSES``) sets the adversarial loss of any GAN (and the VAE-GAN),
-    whatever its config calls the field (:func:`adversarial_loss_setting`).
+    (a name in ``models.losses.GAN_LOSSES``) sets the adversarial loss of any GAN (and the VAE-GAN): the
+    model setting ``loss`` (:func:`adversarial_loss_setting`).
     ``max_steps`` / ``max_seconds`` stop the run early (with a checkpoint) after that many steps / seconds
     of training time in all. ``precision`` ("fp32", "bf16", "fp16" on a CUDA GPU, or "auto": bf16 where
     the device computes it natively, else fp32; None: the preset's, fp32 unless it says otherwise), ``compile``

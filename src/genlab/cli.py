@@ -99,7 +99,8 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="stop after M minutes of training time in all (a checkpoint and a sample grid are saved)")
     p.add_argument("--g-loss", "--gan-loss", dest="gan_loss", choices=tuple(GAN_LOSSES), metavar="LOSS",
-                   help=f"adversarial loss of a GAN or the VAE-GAN: {', '.join(GAN_LOSSES)} (default: the preset's, "
+                   help="adversarial loss of a GAN or the VAE-GAN, its setting `loss` (--set loss=LOSS): "
+                        f"{', '.join(GAN_LOSSES)} (default: the preset's, "
                         "non-saturating for the seed's GAN: strong gradients early; minimax is the seed's eq. as "
                         "written)")
     p.add_argument("--augment", metavar="POLICY",

@@ -94,7 +94,7 @@ _RULES: dict[str, dict[str, Rule]] = {
     },
     "MLPGANConfig": {
         "z_dim": _SIZE, "hidden": _SIZE, "g_activation": Rule(choices=_activations),
-        "d_activation": Rule(choices=_activations), "g_loss": Rule(choices=_gan_losses), "lr": _LR,
+        "d_activation": Rule(choices=_activations), "loss": Rule(choices=_gan_losses), "lr": _LR,
         "beta1": _DECAY, "beta2": _DECAY,
     },
     "ConvVAEConfig": {
@@ -416,10 +416,11 @@ _TOP_LEVEL = {"name": str, "model": str, "model_config": dict, "train": dict, "d
 def check_run_config(config: Any, path: Path, run_format: str) -> dict[str, Any]:
     """A run's parsed config.json, checked section by section; the ``train`` and ``data`` sections come
     back converted (integral floats to int). Raises RunError naming ``path``, the field, the value and
-    the type expected. ``model_config`` is checked against the model's config class when that model is
-    registered (an unknown model is reported when the model is built)."""
+    the type expected. ``model_config`` comes back with renamed settings under their current names
+    (``models.registry.stored_settings``) and is checked against the model's config class when that model
+    is registered (an unknown model is reported when the model is built)."""
     from .errors import RunError
-    from .models.registry import MODELS, make_config
+    from .models.registry import MODELS, make_config, stored_settings
     from .training.trainer import TrainConfig
 
     fix = "Fix the file or restore it from a copy."
@@ -442,11 +443,13 @@ def check_run_config(config: Any, path: Path, run_format: str) -> dict[str, Any]
     checked = check_fields(DataRecord, {k: v for k, v in data.items() if k in known}, what=f"{path}: data",
                            error=RunError, hint=fix, sep=".")
     train = check_fields(TrainConfig, config["train"], what=f"{path}: train", error=RunError, hint=fix, sep=".")
+    # settings stored under a name they had before a rename are read under the current one (models.registry)
+    model_config = stored_settings(config["model"], config["model_config"], what=f"{path}: model_config",
+                                   error=RunError, hint=fix)
     if config["model"] in MODELS:
-        make_config(config["model"], config["model_config"], what=f"{path}: model_config", error=RunError, hint=fix,
-                    sep=".")
-    return {**config, "data": {**data, **{k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()},
-                               **extra},
+        make_config(config["model"], model_config, what=f"{path}: model_config", error=RunError, hint=fix, sep=".")
+    return {**config, "model_config": model_config,
+            "data": {**data, **{k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()}, **extra},
             "train": {**config["train"], **train}}
 
 

@@ -33,7 +33,7 @@ class MLPGANConfig:
     hidden: int = 256
     g_activation: str = "relu"
     d_activation: str = "leaky_relu"
-    g_loss: str = "non-saturating"  # or "minimax" (eq. 1 of the seed, as written)
+    loss: str = "non-saturating"  # the (D, G) loss pair of models.losses.GAN_LOSSES; "minimax" is eq. 1 of the seed
     lr: float = 1e-3
     beta1: float = 0.5
     beta2: float = 0.999
@@ -50,7 +50,7 @@ class MLPGAN(GenerativeModel):
         h = config.hidden
         self.generator = mlp([config.z_dim, h, h, self.x_dim], config.g_activation)
         self.discriminator = mlp([self.x_dim, h, h, 1], config.d_activation)
-        self.loss = losses.gan_loss(config.g_loss)
+        self.loss = losses.gan_loss(config.loss)
         self.augment = DiffAugment(config.augment)
 
     def generate(self, z: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..configcheck import build_dataclass, check_memory, model_size
+from ..configcheck import build_dataclass, check_memory, model_size, show
 from ..errors import GenlabError
 from .base import GenerativeModel
 
@@ -70,16 +70,56 @@ def resolve(name: str) -> Preset:
     raise GenlabError(f"unknown model or preset {name!r}. Known: {known} (see `genlab models`).")
 
 
+RENAMED_SETTINGS: dict[str, dict[str, str]] = {
+    "mlp-gan": {"g_loss": "loss"},  # one name for the adversarial loss pair, as in every other GAN's config
+}
+"""Settings of genlab's models that have been renamed, by model name: ``{model: {old name: new name}}``.
+
+A run folder's config.json keeps the names its settings had when it was written, and must load, sample,
+evaluate and resume after a rename: :func:`stored_settings` reads the old names there as the new ones.
+Settings given now (``--set``, ``genlab.train(**settings)``, a preset) must use the new name:
+:func:`make_config` refuses an old one, naming the new, so that each setting has one name in scripts
+and docs. A rename is one entry here; the config dataclass has only the new field."""
+
+
+def stored_settings(model: str, values: Any, *, what: str, error: type[GenlabError] = GenlabError,
+                    hint: str = "") -> Any:
+    """A model config section stored by an earlier genlab (``values``, the ``model_config`` of a run's
+    config.json) with its renamed settings (:data:`RENAMED_SETTINGS`) under their current names; the
+    other settings, and a ``values`` that is not a JSON object (checked later), come back as they are.
+    A section holding both the old and the new name of a setting raises ``error`` naming ``what``."""
+    renamed = RENAMED_SETTINGS.get(model, {})
+    if not isinstance(values, dict) or not any(old in values for old in renamed):
+        return values
+    out = dict(values)
+    for old, new in renamed.items():
+        if old not in out:
+            continue
+        if new in out:
+            tail = f" {hint}" if hint else ""
+            raise error(f"{what} holds both {old!r} and {new!r}, two names of one setting ({old!r} is its name "
+                        f"before it was renamed {new!r}); keep only {new!r}.{tail}")
+        out[new] = out.pop(old)
+    return out
+
+
 def make_config(model: str, values: dict[str, Any], *, what: str | None = None, error: type[GenlabError] = GenlabError,
                 hint: str = "", sep: str = " "):
     """Build model ``model``'s config dataclass from JSON-like values, each checked against the field's
     type and range (``genlab.configcheck``; lists become tuples). A bad value raises ``error`` naming
-    ``what`` (default "model 'NAME' setting"), the field, the value and the type expected."""
+    ``what`` (default "model 'NAME' setting"), the field, the value and the type expected; a setting under
+    its name before a rename (:data:`RENAMED_SETTINGS`) is refused naming its current one (a stored
+    run's section goes through :func:`stored_settings` first)."""
     if model not in MODELS:
         raise GenlabError(f"unknown model {model!r}; registered: {', '.join(sorted(MODELS))}. "
                           "If it is your own model, import the module that registers it first.")
     entry = MODELS[model]
     what = what or f"model {model!r} setting"
+    for old, new in RENAMED_SETTINGS.get(model, {}).items():
+        if isinstance(values, dict) and old in values:
+            tail = f" {hint}" if hint else ""
+            value = values[old] if isinstance(values[old], str) else show(values[old])
+            raise error(f"{what}{sep}{old}: this setting is now called {new!r}; write {new}={value} instead.{tail}")
     return build_dataclass(entry.config_cls, values, what=what, error=error, hint=hint, sep=sep)
 
 
